@@ -1,0 +1,1 @@
+"""The `llama-orch` command."""

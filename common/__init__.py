@@ -1,0 +1,1 @@
+"""Code shared by every llama-orch daemon: errors, config, gRPC plumbing, logging."""

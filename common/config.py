@@ -1,0 +1,187 @@
+"""Configuration: defaults (ARCHITECTURE §9), overridden by a TOML file, then by flags.
+
+    mode = "home"                      # home | lab | platform
+    data_dir = "~/.local/share/llama-orch"
+    [gateway]      listen = "127.0.0.1:8080"
+    [orchestrator] listen = "127.0.0.1:9100"
+    [pool]         id = "local"   listen = "127.0.0.1:9200"   orchestrator = "127.0.0.1:9100"
+                   heartbeat_ms = 2000
+    [[pool.devices]]  id = "sim-0"  memory_bytes = 8e9     # declared, i.e. simulated
+    [models.NAME]  ref = "file:/abs/path"  engine = "hf"
+
+Unknown keys and wrong types are refused with the dotted key named, so a typo never
+silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from common.errors import ConfigError
+
+MODES = ("home", "lab", "platform")
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "llama-orch"
+
+
+@dataclass
+class GatewayConfig:
+    listen: str = "127.0.0.1:8080"
+    orchestrator: str = "127.0.0.1:9100"
+    # Request bodies over this size get 413.
+    max_body_bytes: int = 4 * 1024 * 1024
+
+
+@dataclass
+class OrchestratorConfig:
+    listen: str = "127.0.0.1:9100"
+    # How long a request waits for a worker to start before failing.
+    worker_start_timeout_s: float = 120.0
+    # A pool is marked unavailable after this many missed heartbeats.
+    missed_heartbeats: int = 3
+    default_deadline_ms: int = 5 * 60_000
+    max_deadline_ms: int = 30 * 60_000
+    cancel_grace_s: float = 5.0
+
+
+@dataclass
+class DeviceConfig:
+    """A device declared in config. Always simulated: no real hardware is behind it."""
+    id: str = ""
+    memory_bytes: int = 0
+    name: str = "simulated device"
+
+
+@dataclass
+class PoolConfig:
+    id: str = "local"
+    listen: str = "127.0.0.1:9200"
+    orchestrator: str = "127.0.0.1:9100"
+    heartbeat_ms: int = 2000
+    devices: list[DeviceConfig] = field(default_factory=list)
+    # Graceful stop waits this long before SIGKILL.
+    stop_grace_s: float = 5.0
+    # Threads each CPU worker uses for torch; fixed so CPU results are reproducible.
+    cpu_threads: int = 1
+
+
+@dataclass
+class ModelConfig:
+    ref: str = ""
+    engine: str = "hf"
+    context_length: int = 0
+
+
+@dataclass
+class Config:
+    mode: str = "home"
+    data_dir: Path = field(default_factory=default_data_dir)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    orchestrator: OrchestratorConfig = field(default_factory=OrchestratorConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    models: dict[str, ModelConfig] = field(default_factory=dict)
+
+    def validate(self) -> "Config":
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}",
+                              param="mode")
+        for key, addr in (("gateway.listen", self.gateway.listen),
+                          ("orchestrator.listen", self.orchestrator.listen),
+                          ("pool.listen", self.pool.listen)):
+            host, _ = split_address(addr, key)
+            if self.mode == "home" and not is_loopback(host):
+                raise ConfigError(f"{key}={addr} is not loopback; home mode binds loopback only",
+                                  param=key)
+        if self.pool.heartbeat_ms < 100:
+            raise ConfigError("pool.heartbeat_ms must be at least 100", param="pool.heartbeat_ms")
+        ids = [d.id for d in self.pool.devices]
+        if len(set(ids)) != len(ids) or any(not i for i in ids):
+            raise ConfigError("pool.devices need unique, non-empty ids", param="pool.devices")
+        for name, model in self.models.items():
+            if not model.ref:
+                raise ConfigError(f"models.{name}.ref is required", param=f"models.{name}.ref")
+        return self
+
+
+def split_address(addr: str, key: str = "address") -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
+        raise ConfigError(f"{key}={addr!r} is not host:port", param=key)
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'} must be a table", param=path)
+    known = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{path}.{key}" if path else key
+        if key not in known:
+            raise ConfigError(f"unknown setting {dotted}", param=dotted)
+        kwargs[key] = _coerce(known[key].type, value, dotted)
+    return cls(**kwargs)
+
+
+_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool}
+
+
+def _coerce(type_name: Any, value: Any, dotted: str) -> Any:
+    t = str(type_name)
+    if t == "Path":
+        if not isinstance(value, str):
+            raise ConfigError(f"{dotted} must be a path string", param=dotted)
+        return Path(value).expanduser()
+    if t in _TYPES:
+        ok = isinstance(value, _TYPES[t]) and not (t != "bool" and isinstance(value, bool))
+        if t == "int" and isinstance(value, float) and value.is_integer():
+            value, ok = int(value), True
+        if not ok:
+            raise ConfigError(f"{dotted} must be {t}, got {type(value).__name__}", param=dotted)
+        return value
+    if t == "list[DeviceConfig]":
+        if not isinstance(value, list):
+            raise ConfigError(f"{dotted} must be a list", param=dotted)
+        return [_build(DeviceConfig, v, f"{dotted}[{i}]") for i, v in enumerate(value)]
+    if t == "dict[str, ModelConfig]":
+        if not isinstance(value, dict):
+            raise ConfigError(f"{dotted} must be a table", param=dotted)
+        return {k: _build(ModelConfig, v, f"{dotted}.{k}") for k, v in value.items()}
+    cls = {"GatewayConfig": GatewayConfig, "OrchestratorConfig": OrchestratorConfig,
+           "PoolConfig": PoolConfig}.get(t)
+    if cls is not None:
+        return _build(cls, value, dotted)
+    raise ConfigError(f"{dotted}: unsupported setting type {t}", param=dotted)
+
+
+def load(path: str | Path | None = None) -> Config:
+    """Load and validate; a missing, unreadable or invalid file raises ConfigError."""
+    if path is None:
+        return Config().validate()
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {p}: {exc.strerror}", param="config") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config {p} is not valid TOML: {exc}", param="config") from None
+    cfg = _build(Config, data, "")
+    assert is_dataclass(cfg)
+    return cfg.validate()

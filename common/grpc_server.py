@@ -1,0 +1,73 @@
+"""Every llama-orch gRPC server is built here, so each one offers grpc.health.v1 and
+server reflection and fails to bind with a one-line reason."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from common.errors import ConfigError
+
+# Token streams are many small messages; keepalives notice dead peers (a pool behind
+# a NAT that vanished) without waiting for TCP timeouts.
+SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+]
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+
+class Server:
+    """A grpc.aio server with health and reflection; `services` are full names."""
+
+    def __init__(self, services: Iterable[str]):
+        self.grpc = grpc.aio.server(options=SERVER_OPTIONS)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        self.services = list(services)
+        reflection.enable_server_reflection(
+            [*self.services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME], self.grpc)
+        self.port = 0
+
+    def bind(self, address: str, credentials: grpc.ServerCredentials | None = None) -> int:
+        """Bind `host:port` (port 0 = ephemeral) or `unix:/path`; return the port."""
+        try:
+            if credentials is None:
+                port = self.grpc.add_insecure_port(address)
+            else:
+                port = self.grpc.add_secure_port(address, credentials)
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot bind {address}: {exc}", param="address") from None
+        if port == 0 and not address.startswith("unix:"):
+            raise ConfigError(f"cannot bind {address}: address in use or unavailable",
+                              param="address")
+        self.port = port
+        return port
+
+    async def start(self) -> None:
+        await self.grpc.start()
+        for name in ["", *self.services]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.grpc.stop(grace)
+
+
+def channel(address: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
+    if credentials is None:
+        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)

@@ -1,0 +1,153 @@
+"""ClientService: the API the gateway, SDKs and Go clients speak.
+
+Handlers are thin: they read metadata (x-correlation-id, idempotency-key), call the
+Orchestrator and map OrchError to gRPC status with google.rpc.ErrorInfo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import uuid
+
+import grpc
+
+from common.errors import OrchError
+from llama_orch.v1 import client_pb2, client_pb2_grpc, common_pb2
+from orchestrator.core import Orchestrator
+from orchestrator.types import JobState
+
+_STATUS_OF = {common_pb2.JOB_STATUS_QUEUED: JobState.QUEUED,
+              common_pb2.JOB_STATUS_DISPATCHED: JobState.DISPATCHED,
+              common_pb2.JOB_STATUS_RUNNING: JobState.RUNNING,
+              common_pb2.JOB_STATUS_SUCCEEDED: JobState.SUCCEEDED,
+              common_pb2.JOB_STATUS_FAILED: JobState.FAILED,
+              common_pb2.JOB_STATUS_CANCELLED: JobState.CANCELLED}
+
+
+def metadata(context: grpc.aio.ServicerContext, key: str) -> str:
+    for k, v in context.invocation_metadata() or ():
+        if k == key:
+            return v if isinstance(v, str) else v.decode(errors="replace")
+    return ""
+
+
+def correlation_id(context: grpc.aio.ServicerContext) -> str:
+    cid = metadata(context, "x-correlation-id")[:128]
+    return cid or uuid.uuid4().hex
+
+
+def unary(fn):
+    """Map OrchError raised by a unary handler to a gRPC status."""
+    @functools.wraps(fn)
+    async def wrapper(self, request, context):
+        try:
+            return await fn(self, request, context)
+        except OrchError as err:
+            await err.abort(context)
+    return wrapper
+
+
+class ClientServicer(client_pb2_grpc.ClientServiceServicer):
+    def __init__(self, orch: Orchestrator):
+        self.orch = orch
+
+    def _submit(self, spec, key, context):
+        key = key or metadata(context, "idempotency-key")
+        if len(key) > 256:
+            raise OrchError("INVALID_ARGUMENT", "idempotency key longer than 256 characters",
+                            param="idempotency_key")
+        return self.orch.submit(spec, idempotency_key=key, correlation_id=correlation_id(context))
+
+    @unary
+    async def Submit(self, request, context):
+        job, existing = self._submit(request.spec, request.idempotency_key, context)
+        return client_pb2.SubmitResponse(job=job.to_proto(), existing=existing)
+
+    async def Generate(self, request, context):
+        try:
+            job, _ = self._submit(request.spec, request.idempotency_key, context)
+        except OrchError as err:
+            await err.abort(context)
+        finished = False
+        try:
+            async for event in job.follow(0):
+                yield client_pb2.GenerateResponse(event=event)
+            finished = True
+        finally:
+            # A streaming client that goes away cancels its job unless it detached.
+            if not finished and not job.spec.detach and not job.done:
+                asyncio.ensure_future(self.orch.cancel(job.job_id))
+
+    async def StreamJob(self, request, context):
+        try:
+            job = self.orch.get(request.job_id)
+            stream = job.follow(request.after_seq)
+            first = await anext(stream, None)
+        except OrchError as err:
+            await err.abort(context)
+        if first is None:
+            return
+        yield client_pb2.StreamJobResponse(event=first)
+        async for event in stream:
+            yield client_pb2.StreamJobResponse(event=event)
+
+    @unary
+    async def CancelJob(self, request, context):
+        job = await self.orch.cancel(request.job_id)
+        return client_pb2.CancelJobResponse(job=job.to_proto())
+
+    @unary
+    async def GetJob(self, request, context):
+        return client_pb2.GetJobResponse(job=self.orch.get(request.job_id).to_proto())
+
+    @unary
+    async def ListJobs(self, request, context):
+        wanted = {_STATUS_OF[s] for s in request.statuses if s in _STATUS_OF}
+        size = min(request.page_size or 100, 1000)
+        start = int(request.page_token) if request.page_token.isdigit() else 0
+        jobs = [j for j in self.orch.jobs.values() if not wanted or j.state in wanted]
+        page = jobs[start:start + size]
+        token = str(start + size) if start + size < len(jobs) else ""
+        return client_pb2.ListJobsResponse(jobs=[j.to_proto() for j in page], next_page_token=token)
+
+    def _model_info(self, m) -> common_pb2.ModelInfo:
+        info = common_pb2.ModelInfo(id=m.name, ref=m.ref, context_length=m.context_length,
+                                    engine=m.engine, owned_by="llama-orch", size_bytes=m.size_bytes,
+                                    memory_estimate_bytes=m.memory_estimate_bytes, device_count=1,
+                                    supports_logprobs=m.engine == "hf",
+                                    supports_penalties=m.engine == "hf")
+        info.created.FromSeconds(m.created)
+        return info
+
+    @unary
+    async def ListModels(self, request, context):
+        return client_pb2.ListModelsResponse(
+            models=[self._model_info(m) for m in self.orch.catalog.models.values()])
+
+    @unary
+    async def GetModel(self, request, context):
+        return client_pb2.GetModelResponse(model=self._model_info(self.orch.catalog.resolve(request.model)))
+
+    @unary
+    async def GetClusterSnapshot(self, request, context):
+        orch = self.orch
+        pools = []
+        for p in orch.registry.pools.values():
+            info = common_pb2.PoolInfo(pool_id=p.pool_id, inventory=p.inventory, address=p.address,
+                                       state=common_pb2.POOL_STATE_DRAINING if p.draining
+                                       else common_pb2.POOL_STATE_AVAILABLE,
+                                       workers=[w.to_proto() for w in orch.registry.workers_of(p.pool_id)])
+            pools.append(info)
+        depth = {common_pb2.PRIORITY_INTERACTIVE: 0, common_pb2.PRIORITY_BATCH: 0}
+        for j in orch.queue.values():
+            depth[common_pb2.PRIORITY_BATCH if j.priority else common_pb2.PRIORITY_INTERACTIVE] += 1
+        active = [j for j in orch.jobs.values() if not j.done][:200]
+        return client_pb2.GetClusterSnapshotResponse(
+            pools=pools, queue=[client_pb2.QueueDepth(priority=k, depth=v) for k, v in depth.items()],
+            models=[self._model_info(m) for m in orch.catalog.models.values()],
+            active_jobs=[j.to_proto() for j in active], mode=orch.cfg.mode)
+
+    async def WatchFacts(self, request, context):
+        async for fact in self.orch.facts.watch(request.kinds, request.job_id, request.after_id):
+            yield client_pb2.WatchFactsResponse(fact=fact)

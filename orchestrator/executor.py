@@ -1,0 +1,87 @@
+"""Runs one dispatched job on one worker and relays its events into the job's log.
+
+The worker's stream (started, tokens*, metrics*, end | error) becomes JobEvents with
+the job's own sequence numbers. A stream that breaks without a terminal event means
+the worker died: WORKER_CRASHED (retryable).
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from common.errors import OrchError
+from llama_orch.v1 import common_pb2, events_pb2, worker_pb2
+from orchestrator.jobs import JobRecord
+from orchestrator.registry import WorkerRecord
+
+
+def execute_request(job: JobRecord) -> worker_pb2.ExecuteRequest:
+    a = job.admitted
+    remaining = int(a.deadline_ms - (time.time() - job.created_at) * 1000)
+    return worker_pb2.ExecuteRequest(
+        job_id=job.job_id, attempt=job.attempts, prompt=a.prompt,
+        prompt_token_ids=list(a.prompt_ids), sampling=a.sampling,
+        deadline_ms=max(1, remaining), correlation_id=job.correlation_id)
+
+
+class Outcome:
+    """What the relay ended with: success, or the error that ended it."""
+
+    def __init__(self) -> None:
+        self.error: OrchError | None = None
+        self.ended = False
+
+
+async def relay(job: JobRecord, worker: WorkerRecord, outcome: Outcome, on_started) -> None:
+    """Stream the job on the worker, appending events to `job` until a terminal one."""
+    n = max(1, job.admitted.sampling.n)
+    ends = 0
+    call = worker.stub().Execute(execute_request(job))
+    job.call = call
+    try:
+        async for resp in call:
+            kind = resp.WhichOneof("event")
+            if kind == "started":
+                on_started(resp.started)
+                job.append(started=resp.started)
+            elif kind == "tokens":
+                if resp.tokens.choice_index == 0:
+                    job.output.append(resp.tokens.text)
+                job.append(tokens=resp.tokens)
+            elif kind == "metrics":
+                job.append(metrics=resp.metrics)
+            elif kind == "end":
+                ends += 1
+                _account(job, resp.end, first=ends == 1)
+                if ends >= n:
+                    outcome.ended = True
+                    job.append(end=resp.end, final=True)
+                    return
+                job.append(end=resp.end)
+            elif kind == "error":
+                outcome.error = OrchError.from_detail(resp.error)
+                return
+    except grpc.aio.AioRpcError as exc:
+        err = OrchError.from_rpc_error(exc)
+        if err.code in ("UNAVAILABLE", "INTERNAL", "CANCELLED") and not job.cancel_requested:
+            err = OrchError("WORKER_CRASHED",
+                            f"worker {worker.worker_id} stopped mid-stream: {exc.details()}")
+        outcome.error = err
+        return
+    finally:
+        job.call = None
+    outcome.error = OrchError("WORKER_CRASHED",
+                              f"worker {worker.worker_id} ended the stream without a result")
+
+
+def _account(job: JobRecord, end: events_pb2.JobEnd, *, first: bool) -> None:
+    if first:
+        job.finish_reason = end.finish_reason
+        job.proof = common_pb2.ProofRecord()
+        job.proof.CopyFrom(end.proof)
+        job.usage.prompt_tokens = end.usage.prompt_tokens
+    job.usage.completion_tokens += end.usage.completion_tokens
+    job.usage.total_tokens = job.usage.prompt_tokens + job.usage.completion_tokens
+    end.usage.CopyFrom(job.usage)

@@ -1,0 +1,67 @@
+"""`llama-orch orchestrator`: serve ClientService, AdminService and PoolLinkService."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from common import config as config_mod
+from common.errors import OrchError
+from common.grpc_server import Server
+from llama_orch.v1 import admin_pb2, client_pb2, events_pb2, pool_link_pb2
+from llama_orch.v1 import admin_pb2_grpc, client_pb2_grpc, pool_link_pb2_grpc
+from orchestrator.admin_api import AdminServicer
+from orchestrator.client_api import ClientServicer
+from orchestrator.core import Orchestrator
+from orchestrator.pool_link import PoolLinkServicer
+
+SERVICES = [client_pb2.DESCRIPTOR.services_by_name["ClientService"].full_name,
+            admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+            pool_link_pb2.DESCRIPTOR.services_by_name["PoolLinkService"].full_name]
+
+
+def build_server(orch: Orchestrator) -> Server:
+    server = Server(SERVICES)
+    client_pb2_grpc.add_ClientServiceServicer_to_server(ClientServicer(orch), server.grpc)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(orch), server.grpc)
+    pool_link_pb2_grpc.add_PoolLinkServiceServicer_to_server(PoolLinkServicer(orch), server.grpc)
+    return server
+
+
+async def serve(cfg: config_mod.Config) -> None:
+    orch = Orchestrator(cfg)
+    server = build_server(orch)
+    server.bind(cfg.orchestrator.listen)
+    await server.start()
+    orch.start()
+    orch.facts.publish(events_pb2.FACT_KIND_COMPONENT_STARTED, f"listening on {cfg.orchestrator.listen}",
+                       mode=cfg.mode, models=sorted(orch.catalog.models))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    orch.facts.publish(events_pb2.FACT_KIND_COMPONENT_STOPPED, "shutting down")
+    await server.stop(1.0)
+    await orch.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llama-orch orchestrator")
+    parser.add_argument("--config", help="TOML config file")
+    parser.add_argument("--listen", help="host:port for gRPC (default 127.0.0.1:9100)")
+    ns = parser.parse_args(argv)
+    try:
+        cfg = config_mod.load(ns.config)
+        if ns.listen:
+            cfg.orchestrator.listen = ns.listen
+        cfg.validate()
+        asyncio.run(serve(cfg))
+    except OrchError as err:
+        print(f"orchestrator: {err.code}: {err.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0

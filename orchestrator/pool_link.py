@@ -1,0 +1,95 @@
+"""PoolLinkService: one bidirectional stream per pool manager.
+
+The first message must be a registration; afterwards heartbeats, worker facts, model
+progress and command results flow up, and commands flow down. When the stream ends
+the pool is lost at once (the heartbeat watchdog covers links that hang instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal as signals
+import time
+
+import grpc
+
+from common.errors import OrchError
+from llama_orch.v1 import pool_link_pb2, pool_link_pb2_grpc
+from orchestrator.core import Orchestrator
+from orchestrator.registry import PoolRecord
+
+
+
+class PoolLinkServicer(pool_link_pb2_grpc.PoolLinkServiceServicer):
+    def __init__(self, orch: Orchestrator):
+        self.orch = orch
+
+    async def Connect(self, request_iterator, context: grpc.aio.ServicerContext):
+        try:
+            first = await anext(aiter(request_iterator))
+        except StopAsyncIteration:
+            return
+        if first.WhichOneof("message") != "registration" or not first.registration.pool_id:
+            await OrchError("REGISTRATION_REJECTED",
+                            "the first message on a pool link must be a registration with a pool_id"
+                            ).abort(context)
+        reg = first.registration
+        pool = PoolRecord(reg.pool_id, reg.inventory, address=reg.address)
+        self.orch.pool_joined(pool)
+        yield pool_link_pb2.ConnectResponse(accepted=pool_link_pb2.RegistrationAccepted(
+            pool_id=pool.pool_id, heartbeat_interval_ms=self.orch.cfg.pool.heartbeat_ms))
+        reader = asyncio.create_task(self._read(pool, request_iterator))
+        try:
+            while True:
+                getter = asyncio.create_task(pool.outbox.get())
+                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    break
+                yield pool_link_pb2.ConnectResponse(command=getter.result())
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            self.orch.pool_lost(pool, "pool link closed")
+
+    async def _read(self, pool: PoolRecord, requests) -> None:
+        orch = self.orch
+        async for msg in requests:
+            kind = msg.WhichOneof("message")
+            pool.last_heartbeat = time.monotonic()
+            if kind == "heartbeat":
+                pool.inventory = msg.heartbeat.inventory
+            elif kind == "worker_starting":
+                w = orch.registry.workers.get(msg.worker_starting.worker_id)
+                if w is not None:
+                    w.pid = msg.worker_starting.pid
+            elif kind == "worker_ready":
+                orch.worker_ready(pool.pool_id, msg.worker_ready.worker, msg.worker_ready.load_ms)
+            elif kind == "worker_exited":
+                self._exited(msg.worker_exited)
+            elif kind == "result":
+                fut = pool.pending.get(msg.result.command_id)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg.result)
+
+    def _exited(self, ex: pool_link_pb2.WorkerExited) -> None:
+        details = {"exit_code": ex.exit_code if ex.HasField("exit_code") else None,
+                   "signal": ex.signal if ex.HasField("signal") else None,
+                   "signal_name": ex.signal_name or None, "stderr_tail": ex.stderr_tail or None}
+        if ex.expected:
+            self.orch.worker_gone(ex.worker_id, None, **details)
+            return
+        if ex.HasField("error") and ex.error.code:
+            err = OrchError.from_detail(ex.error)
+        elif ex.HasField("signal"):
+            name = ex.signal_name or signals.Signals(ex.signal).name
+            err = OrchError("WORKER_CRASHED", f"worker killed by signal {ex.signal} ({name})")
+        else:
+            err = OrchError("WORKER_CRASHED", f"worker exited with code {ex.exit_code}")
+        self.orch.worker_gone(ex.worker_id, err, **details)
+
+    async def Join(self, request, context):
+        await OrchError("PERMISSION_DENIED",
+                        "joining with a token is available in lab and platform modes").abort(context)

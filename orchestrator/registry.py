@@ -1,0 +1,140 @@
+"""Live state of pools and workers, as the pool links report it.
+
+Owned by the orchestrator's event loop (one writer). Pools are known by id; a pool
+that reconnects replaces its old link. Workers are announced by their pool manager;
+the orchestrator dials a worker only after its pool announced it READY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from common import grpc_server
+from llama_orch.v1 import common_pb2, pool_link_pb2, worker_pb2_grpc
+from orchestrator.snapshot import DeviceView, PoolView, WorkerView
+from orchestrator.types import WorkerPhase
+
+_KINDS = {common_pb2.DEVICE_KIND_GPU: "gpu", common_pb2.DEVICE_KIND_CPU: "cpu",
+          common_pb2.DEVICE_KIND_SIMULATED: "simulated"}
+
+
+@dataclass(eq=False)
+class WorkerRecord:
+    worker_id: str
+    pool_id: str
+    model_ref: str
+    device_ids: tuple[str, ...]
+    memory_estimate: int
+    phase: WorkerPhase = WorkerPhase.STARTING
+    endpoint: str = ""
+    device_bytes: dict[str, int] = field(default_factory=dict)
+    pid: int = 0
+    engine: str = "hf"
+    engine_version: str = ""
+    model_digest: str = ""
+    started_at: float = field(default_factory=time.time)
+    last_used: float = 0.0
+    job_id: str = ""
+    _stub: worker_pb2_grpc.WorkerServiceStub | None = None
+    _channel: object = None
+
+    def stub(self) -> worker_pb2_grpc.WorkerServiceStub:
+        if self._stub is None:
+            self._channel = grpc_server.channel(self.endpoint)
+            self._stub = worker_pb2_grpc.WorkerServiceStub(self._channel)
+        return self._stub
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = self._stub = None
+
+    def bytes_on(self, device_id: str) -> int:
+        return self.device_bytes.get(device_id, self.memory_estimate)
+
+    def to_proto(self) -> common_pb2.WorkerInfo:
+        state = {WorkerPhase.STARTING: common_pb2.WORKER_STATE_STARTING,
+                 WorkerPhase.READY: common_pb2.WORKER_STATE_READY,
+                 WorkerPhase.BUSY: common_pb2.WORKER_STATE_BUSY,
+                 WorkerPhase.STOPPING: common_pb2.WORKER_STATE_STOPPING,
+                 WorkerPhase.GONE: common_pb2.WORKER_STATE_STOPPED}[self.phase]
+        return common_pb2.WorkerInfo(
+            worker_id=self.worker_id, pool_id=self.pool_id, model_ref=self.model_ref,
+            engine=self.engine, device_ids=list(self.device_ids), state=state,
+            endpoint=self.endpoint, device_bytes=self.device_bytes, pid=self.pid,
+            active_jobs=1 if self.job_id else 0, slots=1, engine_version=self.engine_version,
+            model_digest=self.model_digest)
+
+
+@dataclass(eq=False)
+class PoolRecord:
+    pool_id: str
+    inventory: common_pb2.Inventory
+    address: str = ""
+    available: bool = True
+    draining: bool = False
+    last_heartbeat: float = field(default_factory=time.monotonic)
+    outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+    pending: dict[str, asyncio.Future] = field(default_factory=dict)
+    link_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    async def command(self, **command: object) -> pool_link_pb2.CommandResult:
+        """Send one command down the link and wait for its result."""
+        cid = "cmd-" + uuid.uuid4().hex[:16]
+        fut = asyncio.get_running_loop().create_future()
+        self.pending[cid] = fut
+        await self.outbox.put(pool_link_pb2.PoolCommand(command_id=cid, **command))
+        try:
+            return await fut
+        finally:
+            self.pending.pop(cid, None)
+
+    def fail_pending(self, reason: str) -> None:
+        from common.errors import OrchError
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_result(pool_link_pb2.CommandResult(
+                    ok=False, error=OrchError("POOL_UNAVAILABLE", reason).to_detail()))
+        self.pending.clear()
+
+
+class Registry:
+    def __init__(self) -> None:
+        self.pools: dict[str, PoolRecord] = {}
+        self.workers: dict[str, WorkerRecord] = {}
+
+    def workers_of(self, pool_id: str) -> list[WorkerRecord]:
+        return [w for w in self.workers.values() if w.pool_id == pool_id]
+
+    def pool_view(self, pool: PoolRecord) -> PoolView:
+        ours: dict[str, int] = {}
+        reported: dict[str, int] = {}
+        for w in self.workers_of(pool.pool_id):
+            if w.phase is WorkerPhase.GONE:
+                continue
+            for dev in w.device_ids:
+                ours[dev] = ours.get(dev, 0) + w.bytes_on(dev)
+                reported[dev] = reported.get(dev, 0) + w.device_bytes.get(dev, 0)
+        devices = []
+        inv = pool.inventory
+        for d in inv.devices:
+            if d.kind == common_pb2.DEVICE_KIND_CPU:
+                total = d.memory_total_bytes
+                used = total - (inv.ram_available_bytes or d.memory_free_bytes)
+            else:
+                total, used = d.memory_total_bytes, d.memory_used_bytes
+            external = max(0, used - reported.get(d.id, 0))
+            free = total - external - ours.get(d.id, 0)
+            devices.append(DeviceView(d.id, total, free, _KINDS.get(d.kind, "gpu")))
+        return PoolView(pool.pool_id, pool.available and not pool.draining, tuple(devices),
+                        tuple(inv.engines) or ("hf",))
+
+    def worker_views(self) -> tuple[WorkerView, ...]:
+        return tuple(WorkerView(w.worker_id, w.pool_id, w.model_ref, w.phase, w.device_ids,
+                                w.last_used)
+                     for w in self.workers.values() if w.phase is not WorkerPhase.GONE
+                     and self.pools.get(w.pool_id) is not None
+                     and self.pools[w.pool_id].available)

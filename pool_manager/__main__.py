@@ -1,0 +1,5 @@
+import sys
+
+from pool_manager.main import main
+
+sys.exit(main())

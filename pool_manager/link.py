@@ -1,0 +1,159 @@
+"""The pool link: dial the orchestrator, register, heartbeat, carry out commands.
+
+One bidirectional stream. Upward messages go through an outbox queue so every part of
+the pool manager can report without touching the stream. On a broken link it
+reconnects with exponential backoff and registers again. It never decides anything:
+commands come down, facts and results go up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import grpc
+
+from common import grpc_server, log
+from common.config import PoolConfig
+from common.errors import OrchError
+from llama_orch.v1 import common_pb2, pool_link_pb2, pool_link_pb2_grpc
+from pool_manager import inventory
+from pool_manager.supervisor import Supervisor
+
+VERSION = "0.1.0"
+
+
+class PoolLink:
+    def __init__(self, cfg: PoolConfig, supervisor: Supervisor, nvml: inventory.Nvml,
+                 engines: list[str], callback_address: str):
+        self.cfg = cfg
+        self.supervisor = supervisor
+        self.nvml = nvml
+        self.engines = engines
+        self.callback_address = callback_address
+        self.outbox: asyncio.Queue[pool_link_pb2.ConnectRequest] = asyncio.Queue()
+        self._seq = 0
+
+    def send(self, msg: pool_link_pb2.ConnectRequest) -> None:
+        self.outbox.put_nowait(msg)
+
+    def inventory(self) -> common_pb2.Inventory:
+        return inventory.take(self.nvml, self.cfg.devices, self.engines)
+
+    async def run(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                await self._session()
+                backoff = 0.2
+            except grpc.aio.AioRpcError as exc:
+                log.emit("pool_manager", "pool.link_lost", exc.details() or str(exc.code()),
+                         level="warning", orchestrator=self.cfg.orchestrator)
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 10.0)
+
+    async def _session(self) -> None:
+        async with grpc_server.channel(self.cfg.orchestrator) as ch:
+            stub = pool_link_pb2_grpc.PoolLinkServiceStub(ch)
+            # Anything queued for a dead link is stale (the orchestrator re-learns state
+            # from the registration), except worker exits, which must not be lost.
+            pending = [m for m in self._drain() if m.WhichOneof("message") == "worker_exited"]
+            registration = pool_link_pb2.ConnectRequest(registration=pool_link_pb2.PoolRegistration(
+                pool_id=self.cfg.id, version=VERSION, inventory=self.inventory(),
+                address=self.callback_address))
+            call = stub.Connect(self._upward(registration, pending))
+            heartbeat = None
+            try:
+                async for msg in call:
+                    kind = msg.WhichOneof("message")
+                    if kind == "accepted":
+                        log.emit("pool_manager", "pool.joined", f"registered as {self.cfg.id}",
+                                 orchestrator=self.cfg.orchestrator)
+                        heartbeat = asyncio.create_task(self._heartbeats(
+                            msg.accepted.heartbeat_interval_ms or self.cfg.heartbeat_ms))
+                    elif kind == "command":
+                        asyncio.create_task(self._execute(msg.command))
+            finally:
+                if heartbeat is not None:
+                    heartbeat.cancel()
+                call.cancel()
+
+    def _drain(self) -> list[pool_link_pb2.ConnectRequest]:
+        items = []
+        while not self.outbox.empty():
+            items.append(self.outbox.get_nowait())
+        return items
+
+    async def _upward(self, first, pending):
+        yield first
+        for msg in pending:
+            yield msg
+        while True:
+            yield await self.outbox.get()
+
+    async def _heartbeats(self, interval_ms: int) -> None:
+        while True:
+            await asyncio.sleep(interval_ms / 1000)
+            self._seq += 1
+            workers = [common_pb2.WorkerInfo(worker_id=w.worker_id, model_ref=w.model_ref,
+                                             device_ids=list(w.device_ids), pid=w.proc.pid,
+                                             endpoint=w.endpoint,
+                                             state=common_pb2.WORKER_STATE_READY if w.ready
+                                             else common_pb2.WORKER_STATE_STARTING)
+                       for w in self.supervisor.workers.values()]
+            inv = await asyncio.to_thread(self.inventory)
+            self.send(pool_link_pb2.ConnectRequest(heartbeat=pool_link_pb2.PoolHeartbeat(
+                seq=self._seq, inventory=inv, workers=workers)))
+
+    async def _execute(self, cmd: pool_link_pb2.PoolCommand) -> None:
+        result = pool_link_pb2.CommandResult(command_id=cmd.command_id, ok=True)
+        try:
+            kind = cmd.WhichOneof("command")
+            if kind == "start_worker":
+                result.worker_id = cmd.start_worker.worker_id
+                await self._start(cmd.start_worker)
+            elif kind == "stop_worker":
+                result.worker_id = cmd.stop_worker.worker_id
+                grace = cmd.stop_worker.grace_ms / 1000 if cmd.stop_worker.grace_ms else None
+                if not await self.supervisor.stop(cmd.stop_worker.worker_id, grace_s=grace,
+                                                  force=cmd.stop_worker.force):
+                    raise OrchError("NOT_FOUND", f"no worker {cmd.stop_worker.worker_id} here")
+            else:
+                raise OrchError("INVALID_ARGUMENT", f"this pool manager cannot {kind} yet")
+        except OrchError as err:
+            result.ok = False
+            result.error.CopyFrom(err.to_detail())
+        except Exception as exc:  # report, never crash the link
+            result.ok = False
+            result.error.CopyFrom(OrchError("INTERNAL", repr(exc)).to_detail())
+        self.send(pool_link_pb2.ConnectRequest(result=result))
+
+    async def _start(self, cmd: pool_link_pb2.StartWorkerCommand) -> None:
+        """Preflight, then spawn. Failures carry a stable code and are not retried here."""
+        inv = await asyncio.to_thread(self.inventory)
+        devices = {d.id: d for d in inv.devices}
+        if not cmd.device_ids:
+            raise OrchError("DEVICE_NOT_FOUND", "empty device mask", param="device_ids")
+        if unknown := [d for d in cmd.device_ids if d not in devices]:
+            raise OrchError("DEVICE_NOT_FOUND", f"unknown devices {unknown}", param="device_ids")
+        if cmd.engine and cmd.engine not in self.engines:
+            raise OrchError("ENGINE_UNAVAILABLE", f"engine {cmd.engine!r} is not available here "
+                            f"(have {', '.join(self.engines)})", param="engine")
+        exclusive = {d for d in cmd.device_ids if devices[d].kind == common_pb2.DEVICE_KIND_GPU}
+        if overlap := exclusive & self.supervisor.devices_in_use():
+            raise OrchError("DEVICE_MASK_OVERLAP", f"devices {sorted(overlap)} already run a worker",
+                            param="device_ids")
+        for d in cmd.device_ids:
+            free = devices[d].memory_free_bytes
+            if devices[d].kind != common_pb2.DEVICE_KIND_SIMULATED and cmd.memory_estimate_bytes > free:
+                raise OrchError("INSUFFICIENT_MEMORY", f"{d}: needs {cmd.memory_estimate_bytes} bytes, "
+                                f"{free} free", param="device_ids")
+        if cmd.worker_id in self.supervisor.workers:
+            raise OrchError("INVALID_ARGUMENT", f"worker {cmd.worker_id} already exists")
+        wp = await self.supervisor.spawn(cmd, {d.id for d in inv.devices
+                                               if d.kind == common_pb2.DEVICE_KIND_GPU})
+        self.send(pool_link_pb2.ConnectRequest(worker_starting=pool_link_pb2.WorkerStarting(
+            worker_id=cmd.worker_id, model_ref=cmd.model_ref, device_ids=list(cmd.device_ids),
+            pid=wp.proc.pid, engine=cmd.engine)))
+
+

@@ -1,0 +1,123 @@
+"""Worker processes: spawn with a device mask, watch, stop (graceful, then forced), reap.
+
+Each worker is a separate OS process (`python -m worker`). The kernel is asked to send
+it SIGTERM if the pool manager itself dies (PR_SET_PDEATHSIG), so no worker outlives
+its manager. On exit the supervisor reports the exit code or signal and the last
+lines of stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ctypes
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from common import log
+from llama_orch.v1 import errors_pb2, pool_link_pb2
+
+STDERR_TAIL_LINES = 20
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+@dataclass(eq=False)
+class WorkerProcess:
+    worker_id: str
+    model_ref: str
+    engine: str
+    device_ids: tuple[str, ...]
+    proc: asyncio.subprocess.Process
+    started: float = field(default_factory=time.monotonic)
+    stderr_tail: collections.deque = field(
+        default_factory=lambda: collections.deque(maxlen=STDERR_TAIL_LINES))
+    stopping: bool = False
+    ready: bool = False
+    reported_error: errors_pb2.ErrorDetail | None = None
+    endpoint: str = ""
+
+
+class Supervisor:
+    """Owns this pool's worker processes. `on_exit` receives a WorkerExited report."""
+
+    def __init__(self, callback_address: str, on_exit: Callable[[pool_link_pb2.WorkerExited], None],
+                 cpu_threads: int = 1, grace_s: float = 5.0):
+        self.callback_address = callback_address
+        self.on_exit = on_exit
+        self.cpu_threads = cpu_threads
+        self.grace_s = grace_s
+        self.workers: dict[str, WorkerProcess] = {}
+
+    def devices_in_use(self) -> set[str]:
+        return {d for w in self.workers.values() for d in w.device_ids}
+
+    async def spawn(self, cmd: pool_link_pb2.StartWorkerCommand, gpu_ids: set[str]) -> WorkerProcess:
+        env = dict(os.environ)
+        gpus = [d for d in cmd.device_ids if d in gpu_ids]
+        # NVML ids are UUIDs, which CUDA_VISIBLE_DEVICES accepts directly.
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        env["PYTHONUNBUFFERED"] = "1"
+        args = [sys.executable, "-m", "worker", "--worker-id", cmd.worker_id,
+                "--model-ref", cmd.model_ref, "--engine", cmd.engine or "hf",
+                "--devices", ",".join(cmd.device_ids), "--callback", self.callback_address,
+                "--listen", "127.0.0.1:0", "--threads", str(self.cpu_threads)]
+        for key, value in sorted(cmd.engine_options.items()):
+            args += ["--option", f"{key}={value}"]
+        proc = await asyncio.create_subprocess_exec(
+            *args, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE, preexec_fn=_die_with_parent)
+        wp = WorkerProcess(cmd.worker_id, cmd.model_ref, cmd.engine, tuple(cmd.device_ids), proc)
+        self.workers[cmd.worker_id] = wp
+        asyncio.create_task(self._watch(wp))
+        return wp
+
+    async def _watch(self, wp: WorkerProcess) -> None:
+        assert wp.proc.stderr is not None
+        async for raw in wp.proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            wp.stderr_tail.append(line)
+            sys.stderr.write(line + "\n")  # workers log JSON lines; pass them through
+        code = await wp.proc.wait()
+        self.workers.pop(wp.worker_id, None)
+        report = pool_link_pb2.WorkerExited(worker_id=wp.worker_id, expected=wp.stopping,
+                                            stderr_tail="\n".join(wp.stderr_tail))
+        if code < 0:
+            report.signal = -code
+            report.signal_name = signal.Signals(-code).name
+        else:
+            report.exit_code = code
+        if wp.reported_error is not None:
+            report.error.CopyFrom(wp.reported_error)
+        log.emit("pool_manager", "worker.exited", f"{wp.worker_id} exited",
+                 level="info" if wp.stopping else "error", worker_id=wp.worker_id,
+                 exit_code=code if code >= 0 else None,
+                 signal=report.signal_name or None)
+        self.on_exit(report)
+
+    async def stop(self, worker_id: str, *, grace_s: float | None = None, force: bool = False) -> bool:
+        wp = self.workers.get(worker_id)
+        if wp is None:
+            return False
+        wp.stopping = True
+        if wp.proc.returncode is None:
+            wp.proc.send_signal(signal.SIGKILL if force else signal.SIGTERM)
+            try:
+                await asyncio.wait_for(wp.proc.wait(), grace_s if grace_s is not None else self.grace_s)
+            except asyncio.TimeoutError:
+                wp.proc.kill()
+                await wp.proc.wait()
+        return True
+
+    async def stop_all(self) -> None:
+        await asyncio.gather(*(self.stop(w) for w in list(self.workers)), return_exceptions=True)
