@@ -184,4 +184,11 @@ def load(path: str | Path | None = None) -> Config:
         raise ConfigError(f"config {p} is not valid TOML: {exc}", param="config") from None
     cfg = _build(Config, data, "")
     assert is_dataclass(cfg)
+    # Pool managers and the gateway dial the orchestrator where it listens, unless told
+    # otherwise: moving the orchestrator's port in one place moves it everywhere.
+    listen = cfg.orchestrator.listen
+    if "orchestrator" not in data.get("pool", {}):
+        cfg.pool.orchestrator = listen
+    if "orchestrator" not in data.get("gateway", {}):
+        cfg.gateway.orchestrator = listen
     return cfg.validate()

@@ -56,3 +56,8 @@ def test_bad_config_names_the_setting(tmp_path, text, param):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config"):
         config.load(tmp_path / "absent.toml")
+
+
+def test_moving_the_orchestrator_moves_its_clients(tmp_path):
+    cfg = config.load(write(tmp_path, '[orchestrator]\nlisten = "127.0.0.1:19100"'))
+    assert cfg.pool.orchestrator == cfg.gateway.orchestrator == "127.0.0.1:19100"

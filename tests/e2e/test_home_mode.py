@@ -1,0 +1,243 @@
+"""End to end: `llama-orch up` as real processes, driven through the official openai client.
+
+One stack serves the whole module (starting it costs a worker load on a 2-core box).
+Facts are read from the orchestrator's real WatchFacts stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import grpc
+import openai
+import pytest
+
+from llama_orch.v1 import client_pb2, client_pb2_grpc, events_pb2
+from tests.stack import Stack, alive, free_port, pids_with, ppid_of
+
+pytestmark = pytest.mark.e2e
+
+CHAT = [{"role": "user", "content": "tell me a story about a fox"}]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    s = Stack(tmp_path_factory.mktemp("home")).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def client(stack):
+    return openai.OpenAI(base_url=stack.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def snapshot(stack) -> client_pb2.GetClusterSnapshotResponse:
+    with grpc.insecure_channel(stack.orchestrator) as ch:
+        return client_pb2_grpc.ClientServiceStub(ch).GetClusterSnapshot(
+            client_pb2.GetClusterSnapshotRequest(), timeout=5)
+
+
+def facts(stack, kinds=(), after_id=0, until=None, timeout=30.0) -> list[events_pb2.Fact]:
+    """Collect facts until `until(fact)` is true (or timeout); replays retained ones first."""
+    got = []
+    with grpc.insecure_channel(stack.orchestrator) as ch:
+        stream = client_pb2_grpc.ClientServiceStub(ch).WatchFacts(
+            client_pb2.WatchFactsRequest(kinds=list(kinds), after_id=after_id), timeout=timeout)
+        try:
+            for resp in stream:
+                got.append(resp.fact)
+                if until is not None and until(resp.fact):
+                    stream.cancel()
+                    break
+        except grpc.RpcError as exc:
+            if exc.code() not in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+    return got
+
+
+def last_fact_id(stack) -> int:
+    every = facts(stack, timeout=1.0)
+    return every[-1].id if every else 0
+
+
+def readable(text: str) -> bool:
+    text.encode("utf-8")  # raises on lone surrogates
+    words = [w for w in text.split() if w.isalpha()]
+    return "\ufffd" not in text and len(words) >= 3
+
+
+def test_models_lists_tiny(client):
+    assert "tiny" in [m.id for m in client.models.list().data]
+
+
+def test_stream_chat_gives_readable_text_and_finish_reason(client):
+    chunks = list(client.chat.completions.create(model="tiny", messages=CHAT, stream=True,
+                                                 max_tokens=40, seed=1))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert readable(text), text
+    assert finish and finish[-1] in ("stop", "length")
+
+
+def test_include_usage_adds_a_usage_chunk(client):
+    chunks = list(client.chat.completions.create(
+        model="tiny", messages=CHAT, stream=True, max_tokens=12, seed=2,
+        stream_options={"include_usage": True}))
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == []
+    assert usage.completion_tokens > 0 and usage.prompt_tokens > 0
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_same_seed_same_text(client):
+    texts = [client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=30, seed=1234,
+                                            temperature=1.0).choices[0].message.content
+             for _ in range(2)]
+    assert texts[0] == texts[1] and texts[0]
+
+
+def test_worker_is_a_separate_process_of_the_pool_manager(stack, client):
+    client.completions.create(model="tiny", prompt="the fox", max_tokens=2)
+    [pool] = snapshot(stack).pools
+    [worker] = [w for w in pool.workers]
+    pool_manager_pids = pids_with(f"-m pool_manager --config {stack.config_path}")
+    assert worker.pid and worker.pid not in pool_manager_pids
+    assert ppid_of(worker.pid) in pool_manager_pids
+
+
+def test_cancel_mid_stream_then_the_worker_takes_the_next_job(stack, client):
+    start = last_fact_id(stack)
+    stream = client.chat.completions.create(model="tiny", messages=CHAT, stream=True,
+                                            max_tokens=400, temperature=1.0, seed=3)
+    seen = 0
+    for chunk in stream:
+        seen += 1
+        if seen >= 3:
+            break
+    stream.close()  # the client goes away mid-stream: its job is cancelled
+    cancelled = facts(stack, [events_pb2.FACT_KIND_JOB_CANCELLED], start,
+                      until=lambda f: True)
+    assert cancelled, "no job.cancelled fact after the client disconnected"
+    follow = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=5, seed=4)
+    assert follow.choices[0].finish_reason in ("stop", "length")
+    dispatched = facts(stack, [events_pb2.FACT_KIND_JOB_DISPATCHED], start, timeout=2)
+    assert len(dispatched) >= 2
+    # The job after the cancelled one ran on the same worker: it was freed, not replaced.
+    assert dispatched[-1].worker_id == dispatched[0].worker_id
+    assert dispatched[0].job_id == cancelled[0].job_id
+
+
+def test_kill_9_of_a_worker_is_reported_with_its_signal(stack, client):
+    client.completions.create(model="tiny", prompt="the lion", max_tokens=2)
+    [worker] = snapshot(stack).pools[0].workers
+    start = last_fact_id(stack)
+    os.kill(worker.pid, signal.SIGKILL)
+    failed = facts(stack, [events_pb2.FACT_KIND_WORKER_FAILED], start,
+                   until=lambda f: f.worker_id == worker.worker_id)
+    assert failed, "worker.failed was not reported"
+    attrs = failed[-1].attributes
+    assert attrs["signal"] == 9 and attrs["signal_name"] == "SIGKILL"
+    assert "signal 9" in failed[-1].message
+    # The system recovers: a new worker is started for the next request.
+    again = client.completions.create(model="tiny", prompt="the lion", max_tokens=3)
+    assert again.choices[0].text is not None
+    [new] = snapshot(stack).pools[0].workers
+    assert new.worker_id != worker.worker_id
+
+
+@pytest.mark.parametrize("body,status,code,param", [
+    pytest.param(b"{not json", 400, None, None, id="malformed-json"),
+    pytest.param({"model": "nope", "messages": CHAT}, 404, "model_not_found", "model", id="unknown-model"),
+    pytest.param({"model": "tiny", "messages": CHAT, "temperature": 7}, 400, None, "temperature",
+                 id="temperature-out-of-range"),
+    pytest.param({"model": "tiny", "messages": [{"role": "user", "content": "fox " * 600}]}, 400,
+                 "context_length_exceeded", "messages", id="context-too-long"),
+])
+def test_bad_input_gets_openai_errors(stack, body, status, code, param):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(stack.base_url + "/v1/chat/completions", data=data,
+                                 headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=30)
+    assert err.value.code == status
+    error = json.loads(err.value.read())["error"]
+    assert error["message"] and error["type"]
+    if code:
+        assert error["code"] == code
+    if param:
+        assert error["param"] == param
+
+
+def test_a_busy_port_exits_non_zero_with_one_line(stack):
+    out = subprocess.run([sys.executable, "-m", "cli.main", "orchestrator", "--listen", stack.orchestrator],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "cannot bind" in lines[0], out.stderr
+
+
+def test_a_bad_config_exits_non_zero_with_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('mode = "cloud"\n')
+    for daemon in ("orchestrator", "pool-manager", "up"):
+        out = subprocess.run([sys.executable, "-m", "cli.main", daemon, "--config", str(bad)],
+                             capture_output=True, text=True, timeout=60)
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        assert out.returncode != 0 and len(lines) == 1 and "mode" in lines[0], (daemon, out.stderr)
+
+
+def test_stopping_up_leaves_no_process(tmp_path_factory):
+    """Last: a fresh stack with a worker, Ctrl-C, and nothing of it survives."""
+    s = Stack(tmp_path_factory.mktemp("stop")).start()
+    client = openai.OpenAI(base_url=s.base_url + "/v1", api_key="x", max_retries=0, timeout=120)
+    client.completions.create(model="tiny", prompt="the fox", max_tokens=2)
+    pids = {s.proc.pid, *pids_with(str(s.config_path)), *pids_with(f"127.0.0.1:{s.gateway_port}"),
+            *(w.pid for p in snapshot(s).pools for w in p.workers)}
+    assert len(pids) >= 5  # up, orchestrator, pool manager, gateway, worker
+    os.killpg(s.proc.pid, signal.SIGINT)  # Ctrl-C in a terminal signals the whole group
+    assert s.proc.wait(30) == 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.1)
+    assert not [p for p in pids if alive(p)]
+    assert not pids_with(f"127.0.0.1:{s.pool_port}")
+
+
+def _services(address: str) -> set[str]:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+    with grpc.insecure_channel(address) as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        [resp] = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
+            list_services="")]), timeout=5))
+        return {s.name for s in resp.list_services_response.service}
+
+
+def _serving(address: str) -> bool:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    with grpc.insecure_channel(address) as ch:
+        return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5).status \
+            == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_every_server_offers_health_and_reflection(stack, client):
+    client.completions.create(model="tiny", prompt="the fox", max_tokens=1)
+    [worker] = snapshot(stack).pools[0].workers
+    expected = {
+        stack.orchestrator: "llama_orch.v1.ClientService",
+        f"127.0.0.1:{stack.pool_port}": "llama_orch.v1.WorkerCallbackService",
+        worker.endpoint: "llama_orch.v1.WorkerService",
+    }
+    for address, service in expected.items():
+        names = _services(address)
+        assert service in names and "grpc.health.v1.Health" in names, (address, names)
+        assert _serving(address)

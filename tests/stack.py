@@ -1,0 +1,116 @@
+"""Start real llama-orch processes for end-to-end tests, on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ppid_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def pids_with(text: str) -> list[int]:
+    """Live processes whose command line contains `text`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmd and alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+@dataclass
+class Stack:
+    root: Path
+    gateway_port: int = field(default_factory=free_port)
+    orchestrator_port: int = field(default_factory=free_port)
+    pool_port: int = field(default_factory=free_port)
+    extra_config: str = ""
+    proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    @property
+    def orchestrator(self) -> str:
+        return f"127.0.0.1:{self.orchestrator_port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "llama-orch.toml"
+
+    def write_config(self) -> Path:
+        self.config_path.write_text(f"""
+data_dir = "{self.root / 'data'}"
+[gateway]
+listen = "127.0.0.1:{self.gateway_port}"
+[orchestrator]
+listen = "127.0.0.1:{self.orchestrator_port}"
+[pool]
+listen = "127.0.0.1:{self.pool_port}"
+heartbeat_ms = 500
+{self.extra_config}
+""")
+        return self.config_path
+
+    def start(self, timeout: float = 120.0) -> "Stack":
+        self.write_config()
+        self.log = open(self.root / "up.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "up", "--config", str(self.config_path)],
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"llama-orch up exited early:\n{self.logs()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.base_url + "/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.25)
+        raise TimeoutError(f"stack not healthy in {timeout} s:\n{self.logs()[-3000:]}")
+
+    def logs(self) -> str:
+        return (self.root / "up.log").read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            raise
