@@ -136,6 +136,10 @@ class OrchError(Exception):
             grpc.StatusCode.CANCELLED: "CANCELLED",
             grpc.StatusCode.NOT_FOUND: "NOT_FOUND",
             grpc.StatusCode.UNAUTHENTICATED: "UNAUTHENTICATED",
+            grpc.StatusCode.INVALID_ARGUMENT: "INVALID_ARGUMENT",
+            grpc.StatusCode.RESOURCE_EXHAUSTED: "RATE_LIMITED",
+            grpc.StatusCode.ALREADY_EXISTS: "IDEMPOTENCY_CONFLICT",
+            grpc.StatusCode.OUT_OF_RANGE: "RESUME_OUT_OF_RANGE",
             grpc.StatusCode.PERMISSION_DENIED: "PERMISSION_DENIED",
         }.get(code, "INTERNAL")
         details = err.details() if hasattr(err, "details") else str(err)

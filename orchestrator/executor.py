@@ -84,4 +84,3 @@ def _account(job: JobRecord, end: events_pb2.JobEnd, *, first: bool) -> None:
         job.usage.prompt_tokens = end.usage.prompt_tokens
     job.usage.completion_tokens += end.usage.completion_tokens
     job.usage.total_tokens = job.usage.prompt_tokens + job.usage.completion_tokens
-    end.usage.CopyFrom(job.usage)

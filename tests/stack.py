@@ -87,7 +87,7 @@ heartbeat_ms = 500
         self.write_config()
         self.log = open(self.root / "up.log", "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "up", "--config", str(self.config_path)],
+            [sys.executable, "-m", "cli", "up", "--config", str(self.config_path)],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

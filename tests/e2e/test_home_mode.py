@@ -179,7 +179,7 @@ def test_bad_input_gets_openai_errors(stack, body, status, code, param):
 
 
 def test_a_busy_port_exits_non_zero_with_one_line(stack):
-    out = subprocess.run([sys.executable, "-m", "cli.main", "orchestrator", "--listen", stack.orchestrator],
+    out = subprocess.run([sys.executable, "-m", "cli", "orchestrator", "--listen", stack.orchestrator],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     lines = [line for line in out.stderr.splitlines() if line.strip()]
@@ -190,7 +190,7 @@ def test_a_bad_config_exits_non_zero_with_one_line(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('mode = "cloud"\n')
     for daemon in ("orchestrator", "pool-manager", "up"):
-        out = subprocess.run([sys.executable, "-m", "cli.main", daemon, "--config", str(bad)],
+        out = subprocess.run([sys.executable, "-m", "cli", daemon, "--config", str(bad)],
                              capture_output=True, text=True, timeout=60)
         lines = [line for line in out.stderr.splitlines() if line.strip()]
         assert out.returncode != 0 and len(lines) == 1 and "mode" in lines[0], (daemon, out.stderr)

@@ -29,7 +29,8 @@ class ClientServiceStub:
     """ClientService is the orchestrator's API for the gateway, the SDKs and Go clients.
     Errors carry google.rpc.ErrorInfo with reason = a stable ErrorCode name.
     Metadata "x-correlation-id" is accepted and propagated; "idempotency-key" may be
-    given as metadata or in SubmitRequest.
+    given as metadata or in SubmitRequest; "authorization" ("Bearer <api key>") carries
+    client credentials in lab and platform modes.
     """
 
     def __init__(self, channel):
@@ -94,7 +95,8 @@ class ClientServiceServicer:
     """ClientService is the orchestrator's API for the gateway, the SDKs and Go clients.
     Errors carry google.rpc.ErrorInfo with reason = a stable ErrorCode name.
     Metadata "x-correlation-id" is accepted and propagated; "idempotency-key" may be
-    given as metadata or in SubmitRequest.
+    given as metadata or in SubmitRequest; "authorization" ("Bearer <api key>") carries
+    client credentials in lab and platform modes.
     """
 
     def Submit(self, request, context):
@@ -226,7 +228,8 @@ class ClientService:
     """ClientService is the orchestrator's API for the gateway, the SDKs and Go clients.
     Errors carry google.rpc.ErrorInfo with reason = a stable ErrorCode name.
     Metadata "x-correlation-id" is accepted and propagated; "idempotency-key" may be
-    given as metadata or in SubmitRequest.
+    given as metadata or in SubmitRequest; "authorization" ("Bearer <api key>") carries
+    client credentials in lab and platform modes.
     """
 
     @staticmethod

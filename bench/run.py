@@ -1,0 +1,11 @@
+"""`make bench`: run every benchmark and write docs/BENCHMARKS.md."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHES = ["tiny_latency.py"]
+
+for bench in BENCHES:
+    subprocess.run([sys.executable, str(HERE / bench), "--write"], check=True)

@@ -1,0 +1,99 @@
+"""`python -m gateway`: serve the gateway with uvicorn.
+
+    python -m gateway [--listen 127.0.0.1:8080] [--orchestrator 127.0.0.1:9100]
+                      [--config llama-orch.toml] [--max-body-bytes N]
+
+Flags override the config file, which overrides the defaults (common.config). The
+listening socket is bound before uvicorn starts, so a busy port or a bad flag ends
+the process with exit status 2 and one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+
+import uvicorn
+
+from common import log
+from common.config import load, split_address
+from common.errors import ConfigError
+from gateway.app import create_app
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"gateway: {message}")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises a captured SIGTERM after its graceful shutdown, so the process
+    would die by the signal; a supervisor (llama-orch up) expects a clean stop to exit 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self.handle_exit)
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = _OneLineParser(prog="python -m gateway", description=__doc__.splitlines()[0])
+    p.add_argument("--listen", help="host:port for HTTP (default 127.0.0.1:8080)")
+    p.add_argument("--orchestrator", help="orchestrator gRPC address (default 127.0.0.1:9100)")
+    p.add_argument("--config", help="TOML config file")
+    p.add_argument("--max-body-bytes", type=int, help="413 above this (default 4 MiB)")
+    return p.parse_args(argv)
+
+
+def bind(address: str) -> socket.socket:
+    host, port = split_address(address, "gateway.listen")
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+        sock.listen(2048)
+    except OSError as exc:
+        raise ConfigError(f"cannot bind {address}: {exc.strerror or exc}",
+                          param="gateway.listen") from None
+    sock.setblocking(False)
+    return sock
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+        cfg = load(args.config)
+        gw = cfg.gateway
+        gw.listen = args.listen or gw.listen
+        gw.orchestrator = args.orchestrator or gw.orchestrator
+        if args.max_body_bytes is not None:
+            gw.max_body_bytes = args.max_body_bytes
+        if gw.max_body_bytes <= 0:
+            raise ConfigError("max body bytes must be positive", param="gateway.max_body_bytes")
+        cfg.validate()
+        split_address(gw.orchestrator, "gateway.orchestrator")
+        sock = bind(gw.listen)
+    except ConfigError as exc:
+        print(exc.message, file=sys.stderr)
+        return 2
+    app = create_app(gw.orchestrator, max_body_bytes=gw.max_body_bytes)
+    # Our own JSON lines replace uvicorn's access log and formatters.
+    server = _Server(uvicorn.Config(app, log_config=None, access_log=False,
+                                           lifespan="on", timeout_graceful_shutdown=5))
+    log.emit("gateway", "component.started", f"listening on {gw.listen}",
+             listen=gw.listen, orchestrator=gw.orchestrator)
+    asyncio.run(server.serve(sockets=[sock]))
+    log.emit("gateway", "component.stopped")
+    return 0

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible surface: one router per endpoint, shared serving, protocol models."""

@@ -1,0 +1,105 @@
+"""What a job's event stream adds up to, per choice: text, logprobs, finish, usage.
+
+Event contract (events.proto): `queued` first, then `dispatched`, `started`, `tokens`*,
+`metrics`*, `retrying`, `divergence`, and per choice exactly one terminal `end`, or
+one `error` for the whole job. Tokens are append-only: a `divergence` says a retry
+produced different tokens from some index on, but nothing already sent is retracted,
+so it only gets logged.
+
+Usage: each `end` is taken to carry its own choice's usage; the job's usage is the
+prompt counted once plus the completions of all choices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+
+from llama_orch.v1 import common_pb2, events_pb2
+
+from common.errors import OrchError
+
+
+@dataclass
+class ChoiceOutcome:
+    index: int
+    parts: list[str] = field(default_factory=list)
+    logprobs: list[events_pb2.TokenLogprobs] = field(default_factory=list)
+    chars: int = 0
+    tokens: int = 0
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class Outcome:
+    """Folds JobEvents; `add` raises the job's OrchError on an `error` event."""
+
+    def __init__(self, first: events_pb2.JobEvent, n: int):
+        self.job_id = first.job_id
+        self.created = first.time.seconds or int(time.time())
+        self.n = n
+        self.choices = {i: ChoiceOutcome(i) for i in range(n)}
+        self.prompt_tokens = 0
+        self.fingerprint: str | None = None
+        self.divergences: list[events_pb2.JobDivergence] = []
+
+    def choice(self, index: int) -> ChoiceOutcome:
+        return self.choices.setdefault(index, ChoiceOutcome(index))
+
+    def add(self, event: events_pb2.JobEvent) -> tuple[ChoiceOutcome, int] | None:
+        """Fold one event. For tokens and end, return the choice and its text offset
+        before this event (what a stream needs to render a chunk)."""
+        kind = event.WhichOneof("kind")
+        if kind == "tokens":
+            tokens = event.tokens
+            choice = self.choice(tokens.choice_index)
+            offset = choice.chars
+            choice.parts.append(tokens.text)
+            choice.logprobs.extend(tokens.logprobs)
+            choice.chars += len(tokens.text)
+            choice.tokens += len(tokens.token_ids) or len(tokens.logprobs)
+            return choice, offset
+        if kind == "end":
+            end = event.end
+            choice = self.choice(end.choice_index)
+            choice.finish_reason = end.finish_reason or "stop"
+            choice.completion_tokens = end.usage.completion_tokens or choice.tokens
+            self.prompt_tokens = max(self.prompt_tokens, end.usage.prompt_tokens)
+            self.fingerprint = fingerprint(end.proof) or self.fingerprint
+            return choice, choice.chars
+        if kind == "started":
+            self.prompt_tokens = max(self.prompt_tokens, event.started.prompt_tokens)
+        elif kind == "divergence":
+            self.divergences.append(event.divergence)
+        elif kind == "error":
+            raise OrchError.from_detail(event.error)
+        return None
+
+    @property
+    def done(self) -> bool:
+        return all(c.finish_reason is not None for c in self.choices.values())
+
+    def check_done(self) -> None:
+        """The stream ended: every choice must have had its `end`."""
+        if not self.done:
+            raise OrchError("INTERNAL", f"job {self.job_id}: event stream ended before "
+                                        "every choice finished")
+
+    def usage(self) -> dict[str, int]:
+        completion = sum(c.completion_tokens or c.tokens for c in self.choices.values())
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+                "total_tokens": self.prompt_tokens + completion}
+
+
+def fingerprint(proof: common_pb2.ProofRecord) -> str | None:
+    """OpenAI's system_fingerprint names the backend configuration that produced an
+    answer; here that is the engine, its version and the exact weights."""
+    if not (proof.engine or proof.engine_version or proof.model_digest):
+        return None
+    key = f"{proof.engine}\x00{proof.engine_version}\x00{proof.model_digest}"
+    return "fp_" + hashlib.sha256(key.encode()).hexdigest()[:10]

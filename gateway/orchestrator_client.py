@@ -1,0 +1,105 @@
+"""The gateway's one chokepoint for orchestrator RPCs (llama_orch.v1.ClientService).
+
+Every call passes through here so that metadata (correlation id, the caller's
+credentials, idempotency key) is attached in one place and every gRPC failure leaves
+as an `OrchError` with its stable code. Routes never see grpc or its exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+from llama_orch.v1 import client_pb2, client_pb2_grpc, common_pb2, events_pb2
+
+from common.errors import OrchError
+
+# Unary lookups are cheap; a hung orchestrator must not hang an HTTP client forever.
+# Generate has no gRPC deadline: the job's own deadline (JobSpec.deadline_ms) governs.
+UNARY_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling and how to trace it; becomes gRPC metadata on every RPC."""
+
+    correlation_id: str
+    # The HTTP Authorization header, passed through so the orchestrator authenticates.
+    authorization: str = ""
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        pairs = [("x-correlation-id", self.correlation_id)]
+        if self.authorization:
+            pairs.append(("authorization", self.authorization))
+        return tuple(pairs)
+
+
+class JobEvents:
+    """The events of one Generate call, after the first. Iterate once; `cancel` is
+    idempotent and is how a vanished HTTP client stops the job."""
+
+    def __init__(self, call: grpc.aio.UnaryStreamCall, first: events_pb2.JobEvent):
+        self._call = call
+        self.first = first
+
+    async def __aiter__(self) -> AsyncIterator[events_pb2.JobEvent]:
+        while True:
+            try:
+                msg = await self._call.read()
+            except grpc.aio.AioRpcError as err:
+                raise OrchError.from_rpc_error(err) from None
+            if msg is grpc.aio.EOF:
+                return
+            yield msg.event
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class OrchestratorClient:
+    """Typed, metadata-carrying access to ClientService over one shared channel."""
+
+    def __init__(self, channel: grpc.aio.Channel):
+        self.channel = channel
+        self._stub = client_pb2_grpc.ClientServiceStub(channel)
+
+    async def list_models(self, caller: Caller) -> list[common_pb2.ModelInfo]:
+        reply = await self._unary(self._stub.ListModels, client_pb2.ListModelsRequest(), caller)
+        return list(reply.models)
+
+    async def get_model(self, model: str, caller: Caller) -> common_pb2.ModelInfo:
+        reply = await self._unary(self._stub.GetModel, client_pb2.GetModelRequest(model=model),
+                                  caller)
+        return reply.model
+
+    async def generate(self, spec: common_pb2.JobSpec, caller: Caller, *,
+                       idempotency_key: str = "") -> JobEvents:
+        """Submit and wait for the first event (`queued`).
+
+        Admission failures are gRPC errors before any event, so they raise here, before
+        the HTTP response has started, and can still become a proper status code.
+        """
+        call = self._stub.Generate(
+            client_pb2.GenerateRequest(spec=spec, idempotency_key=idempotency_key),
+            metadata=caller.metadata())
+        try:
+            msg = await call.read()
+        except grpc.aio.AioRpcError as err:
+            raise OrchError.from_rpc_error(err) from None
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        if msg is grpc.aio.EOF:
+            raise OrchError("INTERNAL", "orchestrator ended Generate without any event")
+        if msg.event.WhichOneof("kind") == "error":
+            call.cancel()
+            raise OrchError.from_detail(msg.event.error)
+        return JobEvents(call, msg.event)
+
+    async def _unary(self, method, request, caller: Caller):
+        try:
+            return await method(request, metadata=caller.metadata(), timeout=UNARY_TIMEOUT_S)
+        except grpc.aio.AioRpcError as err:
+            raise OrchError.from_rpc_error(err) from None

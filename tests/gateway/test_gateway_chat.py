@@ -1,0 +1,214 @@
+"""POST /v1/chat/completions: translation to JobSpec, whole and streamed responses."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import openai
+import pytest
+from llama_orch.v1 import common_pb2
+
+from tests.gateway.conftest import sse_events
+from tests.gateway.scripted_orchestrator import (
+    CREATED,
+    HOLD,
+    JOB_ID,
+    end,
+    error,
+    logprob,
+    queued,
+    started,
+    tokens,
+)
+
+HELLO = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}]}
+
+
+async def test_whole_completion_has_text_finish_and_usage(client):
+    r = await client.post("/v1/chat/completions", json=HELLO)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["id"] == f"chatcmpl-{JOB_ID}"
+    assert body["object"] == "chat.completion"
+    assert (body["created"], body["model"]) == (CREATED, "tiny")
+    assert body["system_fingerprint"].startswith("fp_")
+    assert body["choices"] == [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                                "message": {"role": "assistant", "content": "Hello world",
+                                            "refusal": None}}]
+    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+
+
+async def test_request_becomes_the_job_spec(client, orchestrator):
+    r = await client.post("/v1/chat/completions", json={
+        "model": "tiny",
+        "messages": [{"role": "developer", "content": "Be brief."},
+                     {"role": "user", "content": [{"type": "text", "text": "Hi "},
+                                                  {"type": "text", "text": "there"}],
+                      "name": "ann"}],
+        "temperature": 0.5, "top_p": 0.9, "seed": 7, "stop": "END", "max_tokens": 10,
+        "max_completion_tokens": 20, "presence_penalty": 0.5, "frequency_penalty": -0.5,
+        "logprobs": True, "top_logprobs": 3, "user": "u-1", "priority": "batch",
+        "detach": True, "top_k": 40, "some_future_field": {"x": 1}})
+    assert r.status_code == 200, r.text
+    spec = orchestrator.requests[-1].spec
+    assert spec.model == "tiny"
+    assert [(m.role, m.content, m.name) for m in spec.chat.messages] == [
+        ("system", "Be brief.", ""), ("user", "Hi there", "ann")]
+    s = spec.sampling
+    assert s.temperature == pytest.approx(0.5) and s.top_p == pytest.approx(0.9)
+    assert (s.seed, s.top_k, list(s.stop), s.max_tokens, s.n) == (7, 40, ["END"], 20, 1)
+    assert (s.presence_penalty, s.frequency_penalty) == (0.5, -0.5)
+    assert (s.logprobs, s.top_logprobs) == (True, 3)
+    assert (spec.user, spec.priority, spec.detach) == ("u-1", common_pb2.PRIORITY_BATCH, True)
+
+
+async def test_unset_sampling_fields_stay_unset(client, orchestrator):
+    await client.post("/v1/chat/completions", json=HELLO)
+    spec = orchestrator.requests[-1].spec
+    s = spec.sampling
+    for name in ("temperature", "top_p", "top_k", "seed", "presence_penalty", "frequency_penalty"):
+        assert not s.HasField(name), name
+    assert (s.max_tokens, list(s.stop), s.logprobs) == (0, [], False)
+    assert spec.priority == common_pb2.PRIORITY_INTERACTIVE and not spec.detach
+
+
+async def test_several_choices_are_collected_by_index(client, orchestrator):
+    orchestrator.script = [queued(), tokens("b", index=1), tokens("a", index=0),
+                           end("length", 5, 1, index=1), end("stop", 5, 1, index=0)]
+    r = await client.post("/v1/chat/completions", json={**HELLO, "n": 2})
+    body = r.json()
+    assert [(c["index"], c["message"]["content"], c["finish_reason"]) for c in body["choices"]] \
+        == [(0, "a", "stop"), (1, "b", "length")]
+    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+
+
+async def test_logprobs_in_openai_chat_shape(client, orchestrator):
+    hi = logprob("Hi", -0.5, {"Hi": -0.5, "Yo": -1.0})
+    orchestrator.script = [queued(), tokens("Hi", logprobs=[hi]), end()]
+    r = await client.post("/v1/chat/completions",
+                          json={**HELLO, "logprobs": True, "top_logprobs": 2})
+    assert r.json()["choices"][0]["logprobs"] == {"refusal": None, "content": [
+        {"token": "Hi", "logprob": -0.5, "bytes": [72, 105], "top_logprobs": [
+            {"token": "Hi", "logprob": -0.5, "bytes": [72, 105]},
+            {"token": "Yo", "logprob": -1.0, "bytes": [89, 111]}]}]}
+
+
+async def test_stream_chunk_sequence(client):
+    r = await client.post("/v1/chat/completions", json={**HELLO, "stream": True})
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(r.text)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert {(c["id"], c["object"], c["model"]) for c in chunks} == {
+        (f"chatcmpl-{JOB_ID}", "chat.completion.chunk", "tiny")}
+    assert all("usage" not in c for c in chunks)
+    assert [(c["choices"][0]["delta"], c["choices"][0]["finish_reason"]) for c in chunks] == [
+        ({"role": "assistant", "content": ""}, None),
+        ({"content": "Hello"}, None),
+        ({"content": " world"}, None),
+        ({}, "stop"),
+    ]
+
+
+async def test_stream_with_include_usage_ends_with_a_usage_chunk(client):
+    r = await client.post("/v1/chat/completions", json={
+        **HELLO, "stream": True, "stream_options": {"include_usage": True}})
+    events = sse_events(r.text)
+    assert events[-1] == "[DONE]"
+    *content, usage_chunk = events[:-1]
+    assert all(c["usage"] is None for c in content)
+    assert [c["choices"][0]["delta"] for c in content][-1] == {}
+    assert usage_chunk["choices"] == []
+    assert usage_chunk["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+
+
+async def test_error_event_mid_stream_becomes_an_sse_error(client, orchestrator):
+    orchestrator.script = [queued(), tokens("Hel"), error("WORKER_CRASHED", "worker died")]
+    r = await client.post("/v1/chat/completions", json={**HELLO, "stream": True})
+    events = sse_events(r.text)
+    assert events[-2] == {"error": {"message": "worker died", "type": "server_error",
+                                    "param": None, "code": "worker_crashed"}}
+    assert events[-1] == "[DONE]"
+    assert events[1]["choices"][0]["delta"] == {"content": "Hel"}
+
+
+async def test_stream_cut_short_without_end_is_an_error(client, orchestrator):
+    orchestrator.script = [queued(), tokens("Hel")]
+    r = await client.post("/v1/chat/completions", json={**HELLO, "stream": True})
+    assert sse_events(r.text)[-2]["error"]["code"] == "internal"
+
+
+@pytest.mark.parametrize("code,status,kind", [
+    ("WORKER_CRASHED", 503, "server_error"),
+    ("DEADLINE_EXCEEDED", 504, "timeout"),
+    ("CANCELLED", 499, "cancelled"),
+    ("RETRIES_EXHAUSTED", 500, "server_error"),
+], ids=["crashed", "deadline", "cancelled", "retries"])
+async def test_error_event_of_a_whole_completion_sets_the_status(client, orchestrator, code,
+                                                                 status, kind):
+    orchestrator.script = [queued(), tokens("Hel"), error(code)]
+    r = await client.post("/v1/chat/completions", json=HELLO)
+    assert r.status_code == status
+    assert r.json()["error"]["type"] == kind and r.json()["error"]["code"] == code.lower()
+
+
+async def test_openai_client_whole_and_streamed(openai_client):
+    done = await asyncio.to_thread(openai_client.chat.completions.create,
+                                   model="tiny", messages=[{"role": "user", "content": "Hi"}])
+    assert done.choices[0].message.content == "Hello world"
+    assert done.usage.total_tokens == 7
+
+    def stream():
+        chunks = openai_client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "Hi"}], stream=True,
+            stream_options={"include_usage": True})
+        return list(chunks)
+
+    chunks = await asyncio.to_thread(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello world"
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].usage.completion_tokens == 2
+
+
+async def test_openai_client_raises_api_error_on_error_mid_stream(openai_client, orchestrator):
+    orchestrator.script = [queued(), started(), tokens("Hel"),
+                           error("ENGINE_ERROR", "engine fell over")]
+
+    def stream():
+        seen = []
+        with pytest.raises(openai.APIError) as info:
+            for chunk in openai_client.chat.completions.create(
+                    model="tiny", messages=[{"role": "user", "content": "Hi"}], stream=True):
+                seen.append(chunk)
+        return seen, info.value
+
+    seen, err = await asyncio.to_thread(stream)
+    assert err.message == "engine fell over"
+    assert err.body["code"] == "engine_error"
+    assert seen[-1].choices[0].delta.content == "Hel"
+
+
+async def test_stream_disconnect_cancels_the_grpc_call(http_url, orchestrator):
+    orchestrator.script = [queued(), tokens("Hel"), HOLD]
+    async with httpx.AsyncClient(base_url=http_url) as c, c.stream(
+            "POST", "/v1/chat/completions", json={**HELLO, "stream": True}) as r:
+        assert r.status_code == 200
+        async for line in r.aiter_lines():
+            if "Hel" in line:
+                break
+        await asyncio.wait_for(orchestrator.holding.wait(), 10)
+    # Leaving the block closed the connection mid-stream.
+    await asyncio.wait_for(orchestrator.cancelled.wait(), 10)
+
+
+async def test_whole_completion_disconnect_cancels_the_grpc_call(http_url, orchestrator):
+    orchestrator.script = [queued(), tokens("Hel"), HOLD]
+    async with httpx.AsyncClient(base_url=http_url) as c:
+        request = asyncio.create_task(c.post("/v1/chat/completions", json=HELLO))
+        await asyncio.wait_for(orchestrator.holding.wait(), 10)
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+    await asyncio.wait_for(orchestrator.cancelled.wait(), 10)

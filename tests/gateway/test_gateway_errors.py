@@ -1,0 +1,203 @@
+"""Every refusal is an OpenAI error body with the right status, type, param and code."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import openai
+import pytest
+
+from common.errors import OrchError
+from gateway.errors import HTTP_STATUS, status_of
+
+CHAT = "/v1/chat/completions"
+TEXT = "/v1/completions"
+MSGS = [{"role": "user", "content": "Hi"}]
+OK_CHAT = {"model": "tiny", "messages": MSGS}
+OK_TEXT = {"model": "tiny", "prompt": "Hi"}
+INVALID, UNSUPPORTED = "invalid_argument", "unsupported_parameter"
+
+
+def chat(**fields):
+    return {**OK_CHAT, **fields}
+
+
+def text(**fields):
+    return {**OK_TEXT, **fields}
+
+
+# (path, body: dict or raw bytes, param, code); all are 400 invalid_request_error.
+BAD_REQUESTS = {
+    "malformed-json": (CHAT, b'{"model": "tiny",', None, INVALID),
+    "invalid-utf8": (CHAT, b'{"model": "tiny\xff"}', None, INVALID),
+    "nan": (CHAT, b'{"model": "tiny", "messages": [], "temperature": NaN}', None, INVALID),
+    "not-an-object": (CHAT, b'[1, 2]', None, INVALID),
+    "lone-surrogate": (CHAT, (b'{"model": "tiny", "messages": '
+                              b'[{"role": "user", "content": "\\ud800"}]}'),
+                       "messages[0].content", INVALID),
+    "missing-model": (CHAT, {"messages": MSGS}, "model", INVALID),
+    "empty-model": (CHAT, chat(model=""), "model", INVALID),
+    "model-not-string": (CHAT, chat(model=7), "model", INVALID),
+    "missing-messages": (CHAT, {"model": "tiny"}, "messages", INVALID),
+    "empty-messages": (CHAT, chat(messages=[]), "messages", INVALID),
+    "messages-not-list": (CHAT, chat(messages="Hi"), "messages", INVALID),
+    "invalid-role": (CHAT, chat(messages=[{"role": "robot", "content": "x"}]),
+                     "messages[0].role", INVALID),
+    "second-role-invalid": (CHAT, chat(messages=[*MSGS, {"role": 1, "content": "x"}]),
+                            "messages[1].role", INVALID),
+    "missing-content": (CHAT, chat(messages=[{"role": "user"}]), "messages[0].content", INVALID),
+    "content-wrong-type": (CHAT, chat(messages=[{"role": "user", "content": 5}]),
+                           "messages[0].content", INVALID),
+    "image-part": (CHAT, chat(messages=[{"role": "user", "content": [{"type": "image_url"}]}]),
+                   "messages[0].content", UNSUPPORTED),
+    "temperature-string": (CHAT, chat(temperature="hot"), "temperature", INVALID),
+    "temperature-high": (CHAT, chat(temperature=2.5), "temperature", INVALID),
+    "temperature-negative": (CHAT, chat(temperature=-0.1), "temperature", INVALID),
+    "top-p-zero": (CHAT, chat(top_p=0), "top_p", INVALID),
+    "top-p-high": (CHAT, chat(top_p=1.5), "top_p", INVALID),
+    "presence-penalty-high": (CHAT, chat(presence_penalty=2.5), "presence_penalty", INVALID),
+    "frequency-penalty-low": (CHAT, chat(frequency_penalty=-3), "frequency_penalty", INVALID),
+    "n-zero": (CHAT, chat(n=0), "n", INVALID),
+    "n-above-limit": (CHAT, chat(n=9), "n", INVALID),
+    "n-float": (CHAT, chat(n=1.5), "n", INVALID),
+    "five-stops": (CHAT, chat(stop=["a", "b", "c", "d", "e"]), "stop", INVALID),
+    "stop-not-string": (CHAT, chat(stop=5), "stop", INVALID),
+    "stop-list-of-ints": (CHAT, chat(stop=[1]), "stop", INVALID),
+    "max-tokens-zero": (CHAT, chat(max_tokens=0), "max_tokens", INVALID),
+    "max-tokens-negative": (CHAT, chat(max_tokens=-5), "max_tokens", INVALID),
+    "max-completion-tokens-zero": (CHAT, chat(max_completion_tokens=0),
+                                   "max_completion_tokens", INVALID),
+    "seed-negative": (CHAT, chat(seed=-1), "seed", INVALID),
+    "seed-too-big": (CHAT, chat(seed=2**64), "seed", INVALID),
+    "top-logprobs-high": (CHAT, chat(logprobs=True, top_logprobs=21), "top_logprobs", INVALID),
+    "top-logprobs-without-logprobs": (CHAT, chat(top_logprobs=2), "top_logprobs", INVALID),
+    "logprobs-not-bool": (CHAT, chat(logprobs="yes"), "logprobs", INVALID),
+    "stream-not-bool": (CHAT, chat(stream="true"), "stream", INVALID),
+    "stream-options-without-stream": (CHAT, chat(stream_options={"include_usage": True}),
+                                      "stream_options", INVALID),
+    "include-usage-not-bool": (CHAT, chat(stream=True, stream_options={"include_usage": 1}),
+                               "stream_options.include_usage", INVALID),
+    "unknown-priority": (CHAT, chat(priority="urgent"), "priority", INVALID),
+    "detach-not-bool": (CHAT, chat(detach="yes"), "detach", INVALID),
+    "user-not-string": (CHAT, chat(user=5), "user", INVALID),
+    "tools": (CHAT, chat(tools=[{"type": "function"}]), "tools", UNSUPPORTED),
+    "tool-choice": (CHAT, chat(tool_choice="auto"), "tool_choice", UNSUPPORTED),
+    "json-mode": (CHAT, chat(response_format={"type": "json_object"}),
+                  "response_format", UNSUPPORTED),
+    "logit-bias": (CHAT, chat(logit_bias={"1": 5}), "logit_bias", UNSUPPORTED),
+    "missing-prompt": (TEXT, {"model": "tiny"}, "prompt", INVALID),
+    "prompt-not-string": (TEXT, text(prompt=5), "prompt", INVALID),
+    "several-prompts": (TEXT, text(prompt=["a", "b"]), "prompt", UNSUPPORTED),
+    "token-prompt": (TEXT, text(prompt=[1, 2, 3]), "prompt", UNSUPPORTED),
+    "completion-logprobs-high": (TEXT, text(logprobs=6), "logprobs", INVALID),
+    "echo": (TEXT, text(echo=True), "echo", UNSUPPORTED),
+    "suffix": (TEXT, text(suffix="end"), "suffix", UNSUPPORTED),
+    "best-of": (TEXT, text(best_of=3), "best_of", UNSUPPORTED),
+    "text-temperature-high": (TEXT, text(temperature=3), "temperature", INVALID),
+}
+
+
+@pytest.mark.parametrize("path,body,param,code", BAD_REQUESTS.values(), ids=BAD_REQUESTS.keys())
+async def test_bad_request_is_400_with_param(client, orchestrator, path, body, param, code):
+    kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
+    r = await client.post(path, headers={"content-type": "application/json"}, **kwargs)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert (err["type"], err["param"], err["code"]) == ("invalid_request_error", param, code)
+    assert err["message"]
+    assert orchestrator.requests == []  # refused at the edge, never submitted
+
+
+@pytest.mark.parametrize("path,body", [(CHAT, chat(some_future_field=1, metadata={"a": "b"})),
+                                       (TEXT, text(stream_options=None, tools=None, echo=False))],
+                         ids=["unknown-fields", "explicit-defaults"])
+async def test_unknown_fields_and_explicit_defaults_are_accepted(client, path, body):
+    r = await client.post(path, json=body)
+    assert r.status_code == 200, r.text
+
+
+async def test_body_over_the_limit_is_413(client):
+    huge = chat(messages=[{"role": "user", "content": "x" * (4 * 1024 * 1024)}])
+    r = await client.post(CHAT, json=huge)
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "payload_too_large"
+
+
+async def test_body_over_the_limit_without_content_length_is_413(client):
+    async def chunks():
+        for _ in range(5):
+            yield b"x" * (1024 * 1024)
+
+    r = await client.post(CHAT, content=chunks())
+    assert r.status_code == 413
+
+
+# Admission failures: gRPC errors before the first event, by stable code.
+ADMISSION = {
+    "model-not-found": ("MODEL_NOT_FOUND", "model", 404, "invalid_request_error"),
+    "context-length": ("CONTEXT_LENGTH_EXCEEDED", "messages", 400, "invalid_request_error"),
+    "invalid-argument": ("INVALID_ARGUMENT", "top_k", 400, "invalid_request_error"),
+    "unauthenticated": ("UNAUTHENTICATED", "", 401, "authentication_error"),
+    "permission-denied": ("PERMISSION_DENIED", "", 403, "permission_error"),
+    "idempotency-conflict": ("IDEMPOTENCY_CONFLICT", "", 409, "invalid_request_error"),
+    "rate-limited": ("RATE_LIMITED", "", 429, "rate_limit_error"),
+    "quota": ("QUOTA_EXHAUSTED", "", 429, "insufficient_quota"),
+    "unavailable": ("UNAVAILABLE", "", 503, "server_error"),
+    "deadline": ("DEADLINE_EXCEEDED", "", 504, "timeout"),
+    "internal": ("INTERNAL", "", 500, "server_error"),
+    "unmapped-code": ("MODEL_PINNED", "", 500, "server_error"),
+}
+
+
+@pytest.mark.parametrize("code,param,status,kind", ADMISSION.values(), ids=ADMISSION.keys())
+async def test_admission_error_maps_to_status(client, orchestrator, code, param, status, kind):
+    orchestrator.admission_error = OrchError(code, f"refused: {code}", param=param)
+    r = await client.post(CHAT, json=OK_CHAT)
+    assert r.status_code == status
+    assert r.json() == {"error": {"message": f"refused: {code}", "type": kind,
+                                  "param": param or None, "code": code.lower()}}
+
+
+async def test_admission_error_of_a_stream_is_an_http_status_not_a_stream(client, orchestrator):
+    orchestrator.admission_error = OrchError("RATE_LIMITED", "slow down")
+    r = await client.post(CHAT, json=chat(stream=True))
+    assert r.status_code == 429
+    assert r.headers["content-type"] == "application/json"
+
+
+async def test_orchestrator_down_is_503(orchestrator):
+    import httpx
+
+    from gateway.app import create_app
+
+    app = create_app("127.0.0.1:1")  # nothing listens on port 1
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=transport, base_url="http://g") as c:
+        r = await c.post(CHAT, json=OK_CHAT)
+    assert (r.status_code, r.json()["error"]["code"]) == (503, "unavailable")
+
+
+async def test_unknown_route_and_method_are_openai_errors(client):
+    r = await client.get("/v1/nothing")
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found")
+    r = await client.get(CHAT)
+    assert (r.status_code, r.json()["error"]["code"]) == (405, "method_not_allowed")
+
+
+async def test_openai_client_sees_the_status_classes(openai_client, orchestrator):
+    with pytest.raises(openai.BadRequestError) as bad:
+        await asyncio.to_thread(openai_client.chat.completions.create, model="tiny",
+                                messages=MSGS, temperature=5)
+    assert bad.value.param == "temperature"
+    orchestrator.admission_error = OrchError("RATE_LIMITED", "slow down")
+    with pytest.raises(openai.RateLimitError):
+        await asyncio.to_thread(openai_client.chat.completions.create, model="tiny", messages=MSGS)
+
+
+def test_every_mapped_code_is_a_stable_code():
+    for code in HTTP_STATUS:
+        OrchError(code, "x")  # raises for a code errors.proto does not define
+    assert status_of("NO_SUCH_CODE") == (500, "server_error")
+    json.dumps(HTTP_STATUS)
