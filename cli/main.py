@@ -10,9 +10,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
-from common.errors import OrchError
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # see cli/__main__.py
+
+from common.errors import OrchError  # noqa: E402
 
 USAGE = __doc__.split("\n", 2)[2]
 

@@ -14,6 +14,9 @@ from common.errors import ConfigError
 # Token streams are many small messages; keepalives notice dead peers (a pool behind
 # a NAT that vanished) without waiting for TCP timeouts.
 SERVER_OPTIONS = [
+    # gRPC enables SO_REUSEPORT by default, which lets a second daemon "bind" a busy
+    # port and silently split traffic; a busy port must be an error instead.
+    ("grpc.so_reuseport", 0),
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),

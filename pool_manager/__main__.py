@@ -1,5 +1,10 @@
+import os
 import sys
 
-from pool_manager.main import main
+# gRPC core would print its own lines (e.g. on a busy port) next to our one-line errors
+# and JSON logs; daemons report failures themselves.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+from pool_manager.main import main  # noqa: E402
 
 sys.exit(main())

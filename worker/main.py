@@ -1,0 +1,262 @@
+"""The worker process: one model, loaded at start, served until SIGTERM/SIGINT.
+
+    python -m worker --worker-id ID --model-ref file:/abs/path [--engine hf]
+                     [--devices cpu|GPU-UUID[,...]] [--callback 127.0.0.1:9200]
+                     [--listen 127.0.0.1:0] [--threads 1] [--option key=value ...]
+
+Startup order is a contract with the pool manager: load the model, start the gRPC
+server (WorkerService + health + reflection), and only then ReportReady, so whatever
+the pool manager announces is already serving. A worker that cannot start calls
+ReportFailure (when the callback answers), writes ONE line `worker: CODE: reason` to
+stderr and exits 2; nothing else is written to stderr before it is ready, so that line
+is what the pool manager reads back. Once ready, stderr carries JSON log lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import grpc
+
+from common.errors import OrchError
+from common.grpc_server import Server, channel
+from common.log import emit
+from llama_orch.v1 import worker_callback_pb2, worker_callback_pb2_grpc
+
+_T0 = time.monotonic()  # as close to process start as this module gets
+_PARENT = os.getppid()  # taken at start: the parent may die while we load
+EXIT_FAILED = 2
+READY_TIMEOUT_S = 30.0
+FAILURE_TIMEOUT_S = 5.0
+ORPHAN_POLL_S = 1.0
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's two-line usage dump would break the contract
+        _die(OrchError("CONFIG_INVALID", message))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = _ArgumentParser(prog="python -m worker", description="llama-orch worker (one model)")
+    ap.add_argument("--worker-id", required=True)
+    ap.add_argument("--model-ref", required=True, help="file:/abs/path of a local HF folder")
+    ap.add_argument("--engine", default="hf")
+    ap.add_argument("--devices", default="cpu", help="cpu, or GPU UUIDs (comma-separated)")
+    ap.add_argument("--callback", default="127.0.0.1:9200", help="WorkerCallbackService address")
+    ap.add_argument("--listen", default="127.0.0.1:0", help="host:port (0 = ephemeral) or unix:")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args(argv)
+    if args.threads < 1:
+        ap.error("--threads must be at least 1")
+    args.devices = [d.strip() for d in args.devices.split(",") if d.strip()]
+    if not args.devices:
+        ap.error("--devices is empty")
+    return args
+
+
+def model_path(ref: str) -> Path:
+    """The folder of a `file:/abs/path` ref; every other form is refused."""
+    if not ref.startswith("file:"):
+        raise OrchError("INVALID_MODEL_REF", f"the worker loads only file:/abs/path refs, "
+                                             f"not {ref!r}", param="model_ref")
+    path = ref.removeprefix("file:")
+    path = path.removeprefix("//") if path.startswith("///") else path
+    if not os.path.isabs(path):
+        raise OrchError("INVALID_MODEL_REF", f"{ref!r} is not an absolute path", param="model_ref")
+    if not Path(path).is_dir():
+        raise OrchError("INVALID_MODEL_REF", f"no model folder at {path}", param="model_ref")
+    return Path(path)
+
+
+def parse_options(pairs: list[str]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise OrchError("ENGINE_OPTION_REJECTED", f"option {pair!r} is not key=value",
+                            param=pair)
+        options[key.strip()] = value.strip()
+    return options
+
+
+def _die(err: OrchError) -> None:
+    reason = " ".join(err.message.split())
+    sys.stderr.write(f"worker: {err.code}: {reason}\n")
+    sys.stderr.flush()
+    raise SystemExit(EXIT_FAILED)
+
+
+async def _report_failure(args: argparse.Namespace, err: OrchError) -> None:
+    try:
+        async with channel(args.callback) as ch:
+            await worker_callback_pb2_grpc.WorkerCallbackServiceStub(ch).ReportFailure(
+                worker_callback_pb2.ReportFailureRequest(worker_id=args.worker_id,
+                                                         error=err.to_detail()),
+                timeout=FAILURE_TIMEOUT_S)
+    except grpc.RpcError:
+        pass  # nobody listening: the exit status and the stderr line still tell
+
+
+async def _in_daemon_thread(fn):
+    # A daemon thread, not the default executor: a SIGTERM during a long load must
+    # not wait for the load to finish before the process can exit.
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def run():
+        try:
+            result, error = fn(), None
+        except BaseException as exc:  # noqa: BLE001 - handed to the loop as is
+            result, error = None, exc
+        try:
+            loop.call_soon_threadsafe(lambda: done.done() or (
+                done.set_exception(error) if error else done.set_result(result)))
+        except RuntimeError:
+            pass  # the loop is gone: the process is exiting anyway
+
+    threading.Thread(target=run, name="load", daemon=True).start()
+    return await done
+
+
+def _endpoint(listen: str, port: int) -> str:
+    if listen.startswith("unix:"):
+        return listen
+    host = listen.rpartition(":")[0]
+    return f"{'127.0.0.1' if host in ('', '0.0.0.0', '[::]') else host}:{port}"
+
+
+async def _load_engine(args: argparse.Namespace, stop: asyncio.Event):
+    """The loaded engine, or None when told to stop first; failures end the process."""
+    from worker.engines import create
+
+    try:
+        engine = create(args.engine, model_path(args.model_ref), args.devices, args.threads,
+                        parse_options(args.option))
+        load = asyncio.ensure_future(_in_daemon_thread(engine.load))
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([load, stopping], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not load.done():
+            return None
+        load.result()
+        return engine
+    except OrchError as err:
+        failure = err
+    except Exception as exc:  # noqa: BLE001 - whatever else breaks a load is one code
+        failure = OrchError("ENGINE_ERROR", f"{type(exc).__name__}: {exc}")
+    await _report_failure(args, failure)
+    _die(failure)
+
+
+async def _report_ready(args: argparse.Namespace, service, load_ms: int) -> None:
+    engine = service.engine
+    try:
+        async with channel(args.callback) as ch:
+            await worker_callback_pb2_grpc.WorkerCallbackServiceStub(ch).ReportReady(
+                worker_callback_pb2.ReportReadyRequest(
+                    worker_id=args.worker_id, model_ref=args.model_ref,
+                    device_bytes=engine.device_bytes(), endpoint=service.identity.endpoint,
+                    engine=engine.name, engine_version=engine.version,
+                    model_digest=engine.digest, pid=service.identity.pid,
+                    context_length=engine.context_length, slots=service.slots,
+                    load_ms=load_ms),
+                timeout=READY_TIMEOUT_S, wait_for_ready=True)
+    except grpc.RpcError as exc:
+        raise OrchError("UNAVAILABLE", f"callback {args.callback} did not take ReportReady: "
+                                       f"{OrchError.from_rpc_error(exc).message}") from None
+
+
+async def _stop_when_orphaned(stop: asyncio.Event, worker_id: str) -> None:
+    # A pool manager killed with SIGKILL cannot stop its workers; one that outlives it
+    # would hold its devices forever. Being re-parented is the sign.
+    while os.getppid() == _PARENT:
+        await asyncio.sleep(ORPHAN_POLL_S)
+    emit("worker", "worker.orphaned", "parent process exited; stopping", level="warning",
+         worker_id=worker_id)
+    stop.set()
+
+
+async def serve(args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    orphan_watch = asyncio.ensure_future(_stop_when_orphaned(stop, args.worker_id))
+    engine = await _load_engine(args, stop)
+    if engine is None:
+        return 0  # told to stop while loading: nothing to report
+
+    from llama_orch.v1 import worker_pb2_grpc
+    from worker.service import SERVICE_NAME, Identity, WorkerService
+
+    service = WorkerService(engine, Identity(args.worker_id, args.model_ref, args.devices))
+    server = Server([SERVICE_NAME])
+    worker_pb2_grpc.add_WorkerServiceServicer_to_server(service, server.grpc)
+    try:
+        service.identity.endpoint = _endpoint(args.listen, server.bind(args.listen))
+    except OrchError as err:
+        await _report_failure(args, err)
+        _die(err)
+    await server.start()
+    load_ms = int((time.monotonic() - _T0) * 1000)
+    try:
+        await _report_ready(args, service, load_ms)
+    except OrchError as err:  # no pool manager to serve: do not linger as an orphan
+        await server.stop(0)
+        _die(err)
+    _log_held_warnings()
+    emit("worker", "worker.ready", worker_id=args.worker_id, endpoint=service.identity.endpoint,
+         model_ref=args.model_ref, engine=engine.name, engine_version=engine.version,
+         device=engine.device, context_length=engine.context_length, load_ms=load_ms)
+
+    await stop.wait()
+    orphan_watch.cancel()
+    emit("worker", "worker.stopping", worker_id=args.worker_id)
+    service.cancel_all("worker stopping")
+    await server.stop(grace=5.0)
+    engine.close()
+    emit("worker", "worker.stopped", worker_id=args.worker_id)
+    return 0
+
+
+# Libraries warn on stderr while loading; held until ready (the one-line contract),
+# then logged as JSON like everything else.
+_held_warnings: list[str] | None = []
+
+
+def _showwarning(message, category, filename, lineno, file=None, line=None):
+    text = f"{category.__name__}: {message} ({os.path.basename(filename)}:{lineno})"
+    if _held_warnings is not None:
+        _held_warnings.append(text)
+    else:
+        emit("worker", "worker.warning", text, level="warning")
+
+
+def _log_held_warnings() -> None:
+    global _held_warnings
+    held, _held_warnings = _held_warnings or [], None
+    for text in held:
+        emit("worker", "worker.warning", text, level="warning")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Before torch starts: thread pools sized once; cuBLAS needs this for determinism;
+    # nothing may reach the network; library chatter stays off stderr.
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.showwarning = _showwarning
+    return asyncio.run(serve(args))
