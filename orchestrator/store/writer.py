@@ -1,0 +1,248 @@
+"""Group commit: one task owns every write; many callers become few commits.
+
+Callers queue operations (insert a job, upsert a job, append events, flush) and the
+writer task — the only code that writes — takes everything queued, up to
+`batch_size` units (a job row or an event is one unit), and writes it in ONE
+transaction: one executemany per statement. After the commit it resolves each
+caller's future. While a batch is being written the next one accumulates, so the
+batch size follows the load and an idle store commits each write at once.
+
+Contracts
+- An awaited write (insert/update/flush) has committed when its future resolves, or
+  raises: DuplicateKey for that caller's unique-key collision, StoreError (driver
+  error as __cause__) when the batch could not be written, StoreClosed when the writer
+  is gone. Nothing ever waits forever: the writer resolves every future it took, and
+  if the task itself dies, everything still queued fails with StoreClosed.
+- Operations are applied in queue order; several upserts of one job in a batch
+  collapse to the last (each is a full row).
+- Write-behind operations (events) have no caller to tell: their failures are logged
+  and raised by the next flush().
+- A unique-key collision fails only its own caller: the batch is retried once, one
+  operation per savepoint, so the others still commit.
+- Cancelling a waiting caller does not withdraw its write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from common import log
+from orchestrator.store.errors import DuplicateKey, StoreClosed, StoreError
+from orchestrator.store.schema import JOB_MUTABLE, job_events, jobs
+
+
+class Kind(enum.Enum):
+    INSERT = "insert"
+    UPSERT = "upsert"
+    EVENTS = "events"
+    FLUSH = "flush"
+
+
+@dataclass(slots=True)
+class _Op:
+    kind: Kind
+    values: Any  # dict for INSERT/UPSERT, list[dict] for EVENTS, None for FLUSH
+    future: asyncio.Future | None  # None: write-behind
+    units: int
+
+
+def _upsert_statement(dialect: str) -> Any:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    stmt = dialect_insert(jobs)
+    return stmt.on_conflict_do_update(index_elements=[jobs.c.job_id],
+                                      set_={c: stmt.excluded[c] for c in JOB_MUTABLE})
+
+
+class Writer:
+    """The single writer task. Owned by Store; not part of the public API."""
+
+    def __init__(self, engine: AsyncEngine, *, batch_size: int = 512):
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.batch_size = batch_size
+        self.commits = 0  # transactions committed (for tests and metrics)
+        self.written = 0  # units committed
+        # Writes take SQLite's write lock at BEGIN (see engine.py); no-op on PostgreSQL.
+        self._engine = engine.execution_options(sqlite_begin="IMMEDIATE")
+        self._insert_jobs = insert(jobs)
+        self._upsert_jobs = _upsert_statement(engine.dialect.name)
+        self._insert_events = insert(job_events)
+        self._pending: deque[_Op] = deque()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._dead: BaseException | None = None
+        self._background_errors: list[StoreError] = []
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="store-writer")
+        self._task.add_done_callback(self._on_exit)
+
+    # ---- callers' side -----------------------------------------------------------------
+
+    def submit(self, kind: Kind, values: Any, *, units: int = 1,
+               wait: bool = True) -> asyncio.Future | None:
+        """Queue one operation; returns the future to await (None when not `wait`)."""
+        if self._dead is not None or self._stopping:
+            raise StoreClosed("the store is closed") from self._dead
+        fut = asyncio.get_running_loop().create_future() if wait else None
+        self._pending.append(_Op(kind, values, fut, units))
+        self._wake.set()
+        return fut
+
+    async def flush(self) -> None:
+        """Return once everything queued before this call is committed; raise the first
+        write-behind failure since the previous flush (and how many there were)."""
+        fut = self.submit(Kind.FLUSH, None, units=0)
+        await fut
+        if self._background_errors:
+            errors, self._background_errors = self._background_errors, []
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise StoreError(f"write-behind failed: {errors[0]}{more}") from errors[0]
+
+    async def stop(self) -> None:
+        """Flush, then end the task. Further submits raise StoreClosed."""
+        try:
+            if self._dead is None and not self._stopping:
+                await self.flush()
+        finally:
+            self._stopping = True
+            self._wake.set()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    # ---- the task ----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            while not self._pending:
+                if self._stopping:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+            batch = self._take()
+            try:
+                await self._write(batch)
+            except BaseException as e:  # cancelled mid-write: fail the batch, then stop
+                self._resolve(batch, [StoreClosed("the store's writer stopped") for _ in batch])
+                self._dead = e
+                raise
+
+    def _take(self) -> list[_Op]:
+        batch: list[_Op] = []
+        units = 0
+        while self._pending and (not batch or units + self._pending[0].units <= self.batch_size):
+            op = self._pending.popleft()
+            batch.append(op)
+            units += op.units
+        return batch
+
+    def _on_exit(self, task: asyncio.Task) -> None:
+        if self._dead is None and not task.cancelled() and task.exception() is not None:
+            self._dead = task.exception()
+        if self._dead is None and not self._stopping:
+            self._dead = StoreError("the store's writer ended")
+        while self._pending:  # nobody may wait forever
+            op = self._pending.popleft()
+            self._resolve([op], [StoreClosed("the store's writer stopped")])
+
+    async def _write(self, batch: list[_Op]) -> None:
+        if all(op.kind is Kind.FLUSH for op in batch):
+            self._resolve(batch, [None] * len(batch))
+            return
+        try:
+            await self._commit_batch(batch)
+            self._resolve(batch, [None] * len(batch))
+        except IntegrityError:
+            try:
+                outcomes = await self._commit_one_by_one(batch)
+            except Exception as e:  # noqa: BLE001 - every error goes to the callers
+                outcomes = [_store_error(e) for _ in batch]
+            self._resolve(batch, outcomes)
+        except Exception as e:  # noqa: BLE001
+            self._resolve(batch, [_store_error(e) for _ in batch])
+
+    async def _commit_batch(self, batch: list[_Op]) -> None:
+        inserts, upserts, events = [], {}, []
+        for op in batch:
+            if op.kind is Kind.INSERT:
+                inserts.append(op.values)
+            elif op.kind is Kind.UPSERT:
+                upserts[op.values["job_id"]] = op.values  # full rows: the last one wins
+            elif op.kind is Kind.EVENTS:
+                events.extend(op.values)
+        async with self._engine.begin() as conn:
+            if inserts:
+                await conn.execute(self._insert_jobs, inserts)
+            if upserts:
+                await conn.execute(self._upsert_jobs, list(upserts.values()))
+            if events:
+                await conn.execute(self._insert_events, events)
+        self.commits += 1
+        self.written += len(inserts) + len(upserts) + len(events)
+
+    async def _commit_one_by_one(self, batch: list[_Op]) -> list[BaseException | None]:
+        """The batch again, each operation in its own savepoint, to find who collided."""
+        outcomes: list[BaseException | None] = []
+        async with self._engine.begin() as conn:
+            for op in batch:
+                outcome = None
+                if op.kind is not Kind.FLUSH:
+                    try:
+                        async with conn.begin_nested():
+                            await conn.execute(self._statement(op.kind), op.values)
+                    except IntegrityError as e:
+                        outcome = await self._explain(conn, op, e)
+                outcomes.append(outcome)
+        self.commits += 1
+        self.written += sum(op.units for op, o in zip(batch, outcomes) if o is None)
+        return outcomes
+
+    def _statement(self, kind: Kind) -> Any:
+        return {Kind.INSERT: self._insert_jobs, Kind.UPSERT: self._upsert_jobs,
+                Kind.EVENTS: self._insert_events}[kind]
+
+    async def _explain(self, conn: AsyncConnection, op: _Op, e: IntegrityError) -> StoreError:
+        if op.kind in (Kind.INSERT, Kind.UPSERT):
+            key = op.values["idempotency_key"]
+            if key is not None:
+                holder = (await conn.execute(select(jobs.c.job_id).where(
+                    jobs.c.idempotency_key == key))).scalar()
+                if holder is not None and holder != op.values["job_id"]:
+                    return DuplicateKey("idempotency_key", key, holder)
+            if op.kind is Kind.INSERT:
+                return DuplicateKey("job_id", op.values["job_id"], op.values["job_id"])
+        if op.kind is Kind.EVENTS:
+            seqs = ", ".join(f"{v['job_id']}#{v['seq']}" for v in op.values[:5])
+            err = StoreError(f"events not written (duplicate job_id/seq among {seqs})")
+            err.__cause__ = e
+            return err
+        return _store_error(e)
+
+    def _resolve(self, batch: list[_Op], outcomes: list[BaseException | None]) -> None:
+        for op, outcome in zip(batch, outcomes):
+            if op.future is None:
+                if outcome is not None:
+                    self._background_errors.append(outcome)
+                    log.emit("orchestrator", "store.write_behind_failed", str(outcome),
+                             level="error", kind=op.kind.value, units=op.units)
+            elif not op.future.done():  # a cancelled caller's write still happened
+                if outcome is None:
+                    op.future.set_result(None)
+                else:
+                    op.future.set_exception(outcome)
+
+
+def _store_error(e: BaseException) -> StoreError:
+    if isinstance(e, StoreError):
+        return e
+    err = StoreError(f"database write failed: {type(e).__name__}: {e}")
+    err.__cause__ = e
+    return err
