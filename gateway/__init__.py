@@ -1,4 +1,5 @@
-"""llama-orch gateway: the OpenAI-compatible HTTP front of the orchestrator.
+"""llama-orch gateway: the HTTP front of the orchestrator, OpenAI-compatible under /v1
+and llama-orch's native task API under /v2 (docs/API.md).
 
 `create_app(orchestrator_address)` builds the ASGI app; `python -m gateway` serves it.
 """

@@ -3,12 +3,20 @@
 Thin by design (ARCHITECTURE §7): no state of its own and no policy. Each route turns
 REST/SSE into the same RPCs any SDK makes, through one grpc.aio channel per app.
 
-    GET  /v1/models                 ListModels
-    GET  /v1/models/{model}         GetModel
-    POST /v1/chat/completions       Generate (chat)       stream or whole
-    POST /v1/completions            Generate (prompt)     stream or whole
-    GET  /metrics                   the gateway's own Prometheus metrics
-    GET  /healthz                   liveness, plus the channel's connectivity state
+    GET    /v1/models                  ListModels
+    GET    /v1/models/{model}          GetModel
+    POST   /v1/chat/completions        Generate (chat)       stream or whole
+    POST   /v1/completions             Generate (prompt)     stream or whole
+    POST   /v2/tasks                   Submit                202 + job id
+    GET    /v2/tasks/{job_id}          GetJob
+    DELETE /v2/tasks/{job_id}          CancelJob
+    GET    /v2/tasks/{job_id}/events   StreamJob             SSE, Last-Event-ID resume
+    GET    /v2/events                  WatchFacts            SSE, Last-Event-ID resume
+    GET    /metrics                    the gateway's Prometheus metrics + the orchestrator's
+    GET    /healthz                    liveness, plus the channel's connectivity state
+
+Beside the gRPC channel the app holds one httpx client, for the orchestrator's
+metrics (gateway.metrics.OrchestratorMetrics).
 """
 
 from __future__ import annotations
@@ -17,43 +25,71 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, Request, Response
 
 from common.grpc_server import channel
 from gateway import errors
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import (
+    COMPONENT,
+    GatewayMetrics,
+    OrchestratorMetrics,
+    default_orchestrator_metrics_url,
+)
 from gateway.middleware import EdgeMiddleware
 from gateway.openai import chat, completions, models
 from gateway.orchestrator_client import OrchestratorClient
+from gateway.v2 import events, tasks
 
 MiB = 1024 * 1024
 
 
-def create_app(orchestrator_address: str, *, max_body_bytes: int = 4 * MiB) -> FastAPI:
-    """Build the app; the channel opens at startup and closes at shutdown (lifespan)."""
+def create_app(orchestrator_address: str, *, max_body_bytes: int = 4 * MiB,
+               orchestrator_metrics_url: str | None = None, heartbeat_s: float = 15.0,
+               stream_open_wait_s: float = 2.0) -> FastAPI:
+    """Build the app; the channel and the HTTP client open at startup and close at
+    shutdown (lifespan).
+
+    orchestrator_metrics_url: where /metrics reads the orchestrator's text (default:
+      the orchestrator's host, port 9101). heartbeat_s: the longest a /v2 SSE stream
+      stays silent (`: keep-alive`). stream_open_wait_s: how long a /v2 SSE request
+      waits for its first event before committing a 200 (gateway.v2.relay).
+    """
+    metrics_url = orchestrator_metrics_url or default_orchestrator_metrics_url(
+        orchestrator_address)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # grpc.aio channels belong to the running event loop, hence created here.
         ch = channel(orchestrator_address)
         app.state.orchestrator = OrchestratorClient(ch)
+        # An internal hop: no proxies from the environment.
+        http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
+        app.state.orchestrator_metrics = OrchestratorMetrics(metrics_url, http)
         try:
             yield
         finally:
+            await http.aclose()
             await ch.close()
 
     app = FastAPI(title="llama-orch gateway", lifespan=lifespan)
     app.state.max_body_bytes = max_body_bytes
+    app.state.heartbeat_s = heartbeat_s
+    app.state.stream_open_wait_s = stream_open_wait_s
     app.state.metrics = GatewayMetrics()
     errors.install(app)
     app.add_middleware(EdgeMiddleware, metrics=app.state.metrics)
-    for router in (models.router, chat.router, completions.router):
+    for router in (models.router, chat.router, completions.router, tasks.router,
+                   events.router):
         app.include_router(router)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
+        """The gateway's exposition, then the orchestrator's (if it could be read)."""
         m: GatewayMetrics = request.app.state.metrics
-        return Response(m.render(), media_type=m.content_type)
+        upstream = await request.app.state.orchestrator_metrics.fetch()
+        m.upstream_up.labels(COMPONENT).set(0 if upstream is None else 1)
+        return Response(m.render() + (upstream or b""), media_type=m.content_type)
 
     @app.get("/healthz")
     async def healthz(request: Request) -> dict[str, Any]:

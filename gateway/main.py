@@ -1,7 +1,12 @@
 """`python -m gateway`: serve the gateway with uvicorn.
 
     python -m gateway [--listen 127.0.0.1:8080] [--orchestrator 127.0.0.1:9100]
+                      [--orchestrator-metrics http://127.0.0.1:9101/metrics]
                       [--config llama-orch.toml] [--max-body-bytes N]
+
+--orchestrator-metrics is where /metrics reads the orchestrator's Prometheus text;
+by default the --orchestrator host, on the port of the config's
+orchestrator.metrics_listen (9101). The gateway section has no key for it: a flag only.
 
 Flags override the config file, which overrides the defaults (common.config). The
 listening socket is bound before uvicorn starts, so a busy port or a bad flag ends
@@ -24,6 +29,7 @@ from common import log
 from common.config import load, split_address
 from common.errors import ConfigError
 from gateway.app import create_app
+from gateway.metrics import check_metrics_url, default_orchestrator_metrics_url
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -50,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = _OneLineParser(prog="python -m gateway", description=__doc__.splitlines()[0])
     p.add_argument("--listen", help="host:port for HTTP (default 127.0.0.1:8080)")
     p.add_argument("--orchestrator", help="orchestrator gRPC address (default 127.0.0.1:9100)")
+    p.add_argument("--orchestrator-metrics", metavar="URL",
+                   help="the orchestrator's Prometheus endpoint, merged into /metrics "
+                        "(default http://<orchestrator host>:9101/metrics)")
     p.add_argument("--config", help="TOML config file")
     p.add_argument("--max-body-bytes", type=int, help="413 above this (default 4 MiB)")
     return p.parse_args(argv)
@@ -84,16 +93,25 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("max body bytes must be positive", param="gateway.max_body_bytes")
         cfg.validate()
         split_address(gw.orchestrator, "gateway.orchestrator")
+        if args.orchestrator_metrics is not None:
+            metrics_url = check_metrics_url(args.orchestrator_metrics)
+        else:
+            # The port where the config has the orchestrator serve metrics (9101 unless
+            # moved), on the host the gateway dials.
+            _, port = split_address(cfg.orchestrator.metrics_listen,
+                                    "orchestrator.metrics_listen")
+            metrics_url = default_orchestrator_metrics_url(gw.orchestrator, port)
         sock = bind(gw.listen)
     except ConfigError as exc:
         print(exc.message, file=sys.stderr)
         return 2
-    app = create_app(gw.orchestrator, max_body_bytes=gw.max_body_bytes)
+    app = create_app(gw.orchestrator, max_body_bytes=gw.max_body_bytes,
+                     orchestrator_metrics_url=metrics_url)
     # Our own JSON lines replace uvicorn's access log and formatters.
     server = _Server(uvicorn.Config(app, log_config=None, access_log=False,
                                            lifespan="on", timeout_graceful_shutdown=5))
     log.emit("gateway", "component.started", f"listening on {gw.listen}",
-             listen=gw.listen, orchestrator=gw.orchestrator)
+             listen=gw.listen, orchestrator=gw.orchestrator, orchestrator_metrics=metrics_url)
     asyncio.run(server.serve(sockets=[sock]))
     log.emit("gateway", "component.stopped")
     return 0

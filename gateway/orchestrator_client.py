@@ -8,7 +8,7 @@ as an `OrchError` with its stable code. Routes never see grpc or its exceptions.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -58,6 +58,48 @@ class JobEvents:
         self._call.cancel()
 
 
+# What `ServerStream.next` returns when its timeout passed before the next message.
+WAITING = object()
+
+
+class ServerStream:
+    """The messages of one server-streaming call (StreamJob, WatchFacts), unwrapped
+    (`.event`, `.fact`).
+
+    A read runs as its own task, so `next(timeout)` can give up waiting (to send an SSE
+    heartbeat, or to commit an HTTP response) without losing the message or the call.
+    `cancel` is idempotent; it ends the call, which for these RPCs never cancels a job.
+    """
+
+    def __init__(self, call: grpc.aio.UnaryStreamCall, field: str):
+        self._call = call
+        self._field = field
+        self._pending: asyncio.Future | None = None
+
+    async def next(self, timeout: float | None = None):
+        """The next message, None once the stream has ended, or WAITING if `timeout`
+        seconds passed first. A failed call raises its OrchError."""
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(self._call.read())
+        done, _ = await asyncio.wait({self._pending}, timeout=timeout)
+        if not done:
+            return WAITING
+        read, self._pending = self._pending, None
+        try:
+            msg = read.result()
+        except grpc.aio.AioRpcError as err:
+            raise OrchError.from_rpc_error(err) from None
+        return None if msg is grpc.aio.EOF else getattr(msg, self._field)
+
+    def cancel(self) -> None:
+        self._call.cancel()
+        if self._pending is not None:
+            # Nobody will await this read; retrieve its outcome so asyncio stays quiet.
+            self._pending.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self._pending.cancel()
+            self._pending = None
+
+
 class OrchestratorClient:
     """Typed, metadata-carrying access to ClientService over one shared channel."""
 
@@ -97,6 +139,40 @@ class OrchestratorClient:
             call.cancel()
             raise OrchError.from_detail(msg.event.error)
         return JobEvents(call, msg.event)
+
+    async def submit(self, spec: common_pb2.JobSpec, caller: Caller, *,
+                     idempotency_key: str = "") -> tuple[common_pb2.Job, bool]:
+        """Admit a job without waiting for it: (the job, whether the idempotency key
+        matched an earlier submission)."""
+        reply = await self._unary(self._stub.Submit, client_pb2.SubmitRequest(
+            spec=spec, idempotency_key=idempotency_key), caller)
+        return reply.job, reply.existing
+
+    async def get_job(self, job_id: str, caller: Caller) -> common_pb2.Job:
+        reply = await self._unary(self._stub.GetJob, client_pb2.GetJobRequest(job_id=job_id),
+                                  caller)
+        return reply.job
+
+    async def cancel_job(self, job_id: str, caller: Caller) -> common_pb2.Job:
+        """Ask for cancellation; for a finished job, its recorded outcome."""
+        reply = await self._unary(self._stub.CancelJob,
+                                  client_pb2.CancelJobRequest(job_id=job_id), caller)
+        return reply.job
+
+    def stream_job(self, job_id: str, after_seq: int, caller: Caller) -> ServerStream:
+        """A job's events with seq > after_seq. Ending the stream leaves the job alone."""
+        call = self._stub.StreamJob(
+            client_pb2.StreamJobRequest(job_id=job_id, after_seq=after_seq),
+            metadata=caller.metadata())
+        return ServerStream(call, "event")
+
+    def watch_facts(self, kinds: Sequence[int], job_id: str, after_id: int,
+                    caller: Caller) -> ServerStream:
+        """Facts with id > after_id (retained ones first, then live), filtered."""
+        call = self._stub.WatchFacts(
+            client_pb2.WatchFactsRequest(kinds=kinds, job_id=job_id, after_id=after_id),
+            metadata=caller.metadata())
+        return ServerStream(call, "fact")
 
     async def _unary(self, method, request, caller: Caller):
         try:

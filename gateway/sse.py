@@ -1,6 +1,17 @@
-"""Server-sent events as OpenAI streams them: `data: <json>\\n\\n` per chunk, then
-`data: [DONE]\\n\\n`; an error mid-stream is `data: {"error": {...}}` (the openai SDK
-raises APIError on it), followed by [DONE] so plain SSE readers also stop cleanly.
+"""Server-sent events, in the two framings the gateway speaks.
+
+OpenAI's (/v1): `data: <json>\\n\\n` per chunk, then `data: [DONE]\\n\\n`; an error
+mid-stream is `data: {"error": {...}}` (the openai SDK raises APIError on it),
+followed by [DONE] so plain SSE readers also stop cleanly.
+
+The native one (/v2): named, numbered events, so an EventSource can dispatch on the
+kind and resume with Last-Event-ID:
+
+    id: 3
+    event: tokens
+    data: {"job_id":"...","seq":3,...}
+
+and `: keep-alive` comment lines while the stream is idle, so proxies keep it open.
 """
 
 from __future__ import annotations
@@ -19,6 +30,22 @@ DONE = "data: [DONE]\n\n"
 def data(payload: Mapping[str, Any]) -> str:
     """One SSE event carrying a JSON object (compact, UTF-8 kept as is)."""
     return "data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")) + "\n\n"
+
+
+def event(name: str, payload: Mapping[str, Any], id: int | None = None) -> str:
+    """One named SSE event; `id` (when given) becomes the client's Last-Event-ID.
+    Event names are fixed identifiers and compact JSON has no raw newlines, so each
+    field is one line."""
+    head = f"id: {id}\n" if id is not None else ""
+    return f"{head}event: {name}\n" + data(payload)
+
+
+def comment(text: str) -> str:
+    """A comment line: ignored by SSE clients, but traffic for proxies and sockets."""
+    return f": {text}\n\n"
+
+
+KEEP_ALIVE = comment("keep-alive")
 
 
 class EventStreamResponse(Response):

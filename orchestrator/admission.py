@@ -122,7 +122,8 @@ def admit(spec: common_pb2.JobSpec, catalog: Catalog, cfg: OrchestratorConfig) -
     if s.n == 0:
         s.n = 1
     if not s.HasField("seed"):
-        s.seed = secrets.randbelow(2**63)
+        # Below 2**53 so JSON clients (JavaScript numbers) read it back exactly.
+        s.seed = secrets.randbelow(2**53)
     priority = Priority.BATCH if spec.priority == common_pb2.PRIORITY_BATCH else Priority.INTERACTIVE
     return Admitted(model=model, prompt=prompt, prompt_ids=tuple(ids), sampling=s,
                     priority=priority, deadline_ms=spec.deadline_ms or cfg.default_deadline_ms,

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from llama_orch.v1 import common_pb2, events_pb2
+from llama_orch.v1 import events_pb2
 
 from gateway.body import read_model
 from gateway.openai import serving
@@ -14,16 +14,11 @@ from gateway.openai.protocol import ChatCompletionRequest
 
 router = APIRouter()
 
-# The contract knows system, user and assistant; "developer" is OpenAI's newer "system".
-_ROLE = {"developer": "system"}
-
 
 @router.post("/v1/chat/completions")
 async def create_chat_completion(request: Request) -> Response:
     req = await read_model(request, ChatCompletionRequest)
-    chat = common_pb2.ChatMessages(messages=[
-        common_pb2.ChatMessage(role=_ROLE.get(m.role, m.role), content=m.content, name=m.name or "")
-        for m in req.messages])
+    chat = serving.chat_messages(req.messages)
     return await serving.serve(request, req, serving.job_spec(req, chat=chat), CHAT)
 
 

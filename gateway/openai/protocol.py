@@ -13,6 +13,9 @@ request is and nothing about how it is served.
 
 Ranges: temperature 0..2, top_p (0, 1], penalties -2..2, n 1..8, at most 4 stop
 strings, seed 0..2^64-1, max_tokens >= 1, top_logprobs 0..20 (completions: logprobs 0..5).
+
+`SamplingFields` (model, sampling, priority, detach, user) is shared with the native
+/v2 task body (gateway.v2.protocol), so both APIs refuse the same input the same way.
 """
 
 from __future__ import annotations
@@ -60,8 +63,12 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
-class GenerationRequest(_Body):
-    """Fields chat and text completions share; validated the same for both."""
+class SamplingFields(_Body):
+    """The model, sampling and scheduling fields of every generation request: OpenAI's
+    chat and text completions and the native /v2 tasks validate them the same way.
+
+    The properties are what `gateway.openai.serving.job_spec` reads; subclasses with
+    their own length or logprobs fields override them."""
 
     model: Text = Field(min_length=1)
     temperature: float | None = Field(None, ge=0, le=2)
@@ -73,8 +80,6 @@ class GenerationRequest(_Body):
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     n: int | None = Field(None, ge=1, le=MAX_N)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
     user: Text | None = None
     priority: Literal["interactive", "batch"] = "interactive"
     detach: bool = False
@@ -98,6 +103,29 @@ class GenerationRequest(_Body):
         if value:
             raise unsupported()
 
+    @property
+    def choices(self) -> int:
+        return self.n or 1
+
+    @property
+    def length_limit(self) -> int | None:
+        return self.max_tokens
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return False
+
+    @property
+    def top_logprob_count(self) -> int:
+        return 0
+
+
+class GenerationRequest(SamplingFields):
+    """Fields chat and text completions share; validated the same for both."""
+
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
     @field_validator("stream_options")
     @classmethod
     def _stream_options(cls, value: StreamOptions | None, info: ValidationInfo) -> Any:
@@ -105,10 +133,6 @@ class GenerationRequest(_Body):
         if value is not None and not info.data.get("stream"):
             raise ValueError("stream_options is only allowed when stream is true")
         return value
-
-    @property
-    def choices(self) -> int:
-        return self.n or 1
 
     @property
     def include_usage(self) -> bool:

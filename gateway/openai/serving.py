@@ -26,12 +26,19 @@ from gateway import sse
 from gateway.errors import error_body
 from gateway.middleware import caller_of
 from gateway.openai.outcome import Outcome
-from gateway.openai.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.openai.protocol import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    SamplingFields,
+)
 from gateway.orchestrator_client import JobEvents, OrchestratorClient
 
 GenRequest = ChatCompletionRequest | CompletionRequest
 
 _PRIORITY = {"interactive": common_pb2.PRIORITY_INTERACTIVE, "batch": common_pb2.PRIORITY_BATCH}
+# The contract knows system, user and assistant; "developer" is OpenAI's newer "system".
+_ROLE = {"developer": "system"}
 _OPTIONAL = ("temperature", "top_p", "top_k", "seed", "presence_penalty", "frequency_penalty")
 
 
@@ -51,8 +58,15 @@ class Flavor(Protocol):
                  offset: int) -> dict[str, Any]: ...
 
 
-def job_spec(req: GenRequest, **input: Any) -> common_pb2.JobSpec:
-    """The JobSpec for a validated request; `input` is prompt= or chat=."""
+def chat_messages(messages: Sequence[ChatMessage]) -> common_pb2.ChatMessages:
+    """Validated chat messages as the contract's ChatMessages (JobSpec.chat)."""
+    return common_pb2.ChatMessages(messages=[
+        common_pb2.ChatMessage(role=_ROLE.get(m.role, m.role), content=m.content, name=m.name or "")
+        for m in messages])
+
+
+def job_spec(req: SamplingFields, **input: Any) -> common_pb2.JobSpec:
+    """The JobSpec for a validated request (OpenAI or /v2); `input` is prompt= or chat=."""
     sampling = common_pb2.SamplingParams(
         max_tokens=req.length_limit or 0, stop=req.stop, n=req.choices,
         logprobs=req.wants_logprobs, top_logprobs=req.top_logprob_count)

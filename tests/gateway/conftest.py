@@ -5,6 +5,7 @@ official openai client and for disconnects."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 
@@ -46,21 +47,39 @@ async def client(app) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-@pytest.fixture
-async def http_url(orchestrator) -> AsyncIterator[str]:
-    """The gateway served by uvicorn on an ephemeral port, in this event loop."""
+@contextlib.asynccontextmanager
+async def served(app) -> AsyncIterator[str]:
+    """`app` served by uvicorn on an ephemeral port, in this event loop; yields its URL."""
     sock = bind("127.0.0.1:0")
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(orchestrator.address), log_config=None,
-                                          access_log=False, lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False,
+                                          lifespan="on"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():
             task.result()
         await asyncio.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@contextlib.asynccontextmanager
+async def in_process(app) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client calling `app` in-process, its lifespan running."""
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=transport, base_url="http://gateway") as c:
+        yield c
+
+
+@pytest.fixture
+async def http_url(orchestrator) -> AsyncIterator[str]:
+    """The gateway served by uvicorn on an ephemeral port, in this event loop."""
+    async with served(create_app(orchestrator.address)) as url:
+        yield url
 
 
 @pytest.fixture
@@ -78,4 +97,26 @@ def sse_events(body: str) -> list:
         assert block.startswith("data: "), block
         payload = block.removeprefix("data: ")
         out.append(payload if payload == "[DONE]" else json.loads(payload))
+    return out
+
+
+def sse_blocks(body: str) -> list[dict]:
+    """A native (/v2) SSE body as its blocks, in order: {"id", "event", "data"} with
+    `data` JSON-decoded and `id` None when the block has none, or {"comment": text}.
+    Each block must be exactly the lines the gateway promises."""
+    out = []
+    assert body.endswith("\n\n") or not body, body[-80:]
+    for block in body.split("\n\n")[:-1]:
+        lines = block.split("\n")
+        if lines[0].startswith(":"):
+            assert len(lines) == 1, block
+            out.append({"comment": lines[0][1:].strip()})
+            continue
+        event_id = None
+        if lines[0].startswith("id: "):
+            event_id, lines = lines[0].removeprefix("id: "), lines[1:]
+        assert len(lines) == 2 and lines[0].startswith("event: ") \
+            and lines[1].startswith("data: "), block
+        out.append({"id": event_id, "event": lines[0].removeprefix("event: "),
+                    "data": json.loads(lines[1].removeprefix("data: "))})
     return out

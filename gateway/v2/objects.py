@@ -1,0 +1,186 @@
+"""The JSON objects of /v2, built from the contract's messages.
+
+Conventions: field names are the proto's; enum values are lower-case names without
+their prefix ("succeeded", "interactive", "worker_failed"); timestamps are ISO 8601
+(RFC 3339, UTC, e.g. "2024-05-01T12:00:00.250Z") or null when unset; an empty id or
+reason is null; uint64s (seeds, sequence numbers) are plain JSON integers. Errors are
+the gateway's error object (`{"message", "type", "param", "code"}`, gateway.errors),
+the same as inside every HTTP error body.
+
+    job     id status model model_ref priority seed attempts created (unix seconds)
+            created_at updated_at started_at finished_at waiting_reason worker_id
+            pool_id finish_reason usage error output proof last_seq correlation_id
+            events_url
+    event   job_id seq time + the fields of its kind (see `event_object`)
+    fact    id time kind code level component correlation_id message job_id pool_id
+            worker_id model_ref attributes
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+from llama_orch.v1 import common_pb2, errors_pb2, events_pb2
+
+from common.errors import OrchError
+from gateway.errors import error_body
+
+_TERMINAL = frozenset({common_pb2.JOB_STATUS_SUCCEEDED, common_pb2.JOB_STATUS_FAILED,
+                       common_pb2.JOB_STATUS_CANCELLED})
+
+
+def iso(ts: Timestamp) -> str | None:
+    return ts.ToJsonString() if ts.seconds or ts.nanos else None
+
+
+def enum_name(enum: Any, value: int, prefix: str) -> str:
+    """PRIORITY_BATCH -> "batch"; a value this gateway does not know -> its number."""
+    try:
+        return enum.Name(value).removeprefix(prefix).lower()
+    except ValueError:
+        return str(value)
+
+
+def error_object(detail: errors_pb2.ErrorDetail) -> dict[str, Any]:
+    try:
+        err = OrchError.from_detail(detail)
+    except ValueError:  # a code newer than this gateway's contract
+        err = OrchError("INTERNAL", detail.message)
+    return error_body(err)["error"]
+
+
+def usage_object(usage: common_pb2.Usage) -> dict[str, int]:
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens}
+
+
+def proof_object(proof: common_pb2.ProofRecord) -> dict[str, Any]:
+    return {"seed": proof.seed, "model_ref": proof.model_ref, "model_digest": proof.model_digest,
+            "engine": proof.engine, "engine_version": proof.engine_version,
+            "device": proof.device, "token_hash": proof.token_hash,
+            "token_count": proof.token_count}
+
+
+def task_url(job_id: str, root_path: str = "") -> str:
+    return f"{root_path}/v2/tasks/{quote(job_id, safe='')}"
+
+
+def job_object(job: common_pb2.Job, root_path: str = "") -> dict[str, Any]:
+    """A job as GET /v2/tasks/{id} shows it. `error` is set for failed and cancelled
+    jobs, `output` only when the spec asked to keep it and the job has finished."""
+    kept = job.spec.keep_output and job.status in _TERMINAL
+    return {
+        "id": job.job_id,
+        "status": enum_name(common_pb2.JobStatus, job.status, "JOB_STATUS_"),
+        "model": job.spec.model,
+        "model_ref": job.model_ref or None,
+        "priority": enum_name(common_pb2.Priority, job.spec.priority or
+                              common_pb2.PRIORITY_INTERACTIVE, "PRIORITY_"),
+        "seed": job.seed,
+        "attempts": job.attempts,
+        "created": job.created_at.seconds,
+        "created_at": iso(job.created_at),
+        "updated_at": iso(job.updated_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "waiting_reason": job.waiting_reason or None,
+        "worker_id": job.worker_id or None,
+        "pool_id": job.pool_id or None,
+        "finish_reason": job.finish_reason or None,
+        "usage": usage_object(job.usage) if job.HasField("usage") else None,
+        "error": error_object(job.error) if job.HasField("error") else None,
+        "output": job.output if kept else None,
+        "proof": proof_object(job.proof) if job.HasField("proof") else None,
+        "last_seq": job.last_seq,
+        "correlation_id": job.correlation_id or None,
+        "events_url": task_url(job.job_id, root_path) + "/events",
+    }
+
+
+def _logprobs(entries: Any) -> list[dict[str, Any]] | None:
+    if not entries:
+        return None
+    return [{"token": e.token, "logprob": e.logprob,
+             "top": [{"token": t.token, "logprob": t.logprob} for t in e.top]} for e in entries]
+
+
+def event_object(ev: events_pb2.JobEvent) -> tuple[str, dict[str, Any]]:
+    """(SSE event name, JSON) of one JobEvent; the name is the kind's field name:
+
+        queued      priority reason
+        dispatched  worker_id pool_id attempt
+        started     prompt_tokens model_ref attempt seed
+        tokens      choice_index text token_ids logprobs ([{token logprob top}] | null)
+        metrics     time_to_first_token_ms tokens_per_second generated_tokens queue_ms
+        divergence  token_index message
+        retrying    attempt backoff_ms cause (error object | null)
+        end         choice_index finish_reason usage proof
+        error       error (error object)
+    """
+    kind = ev.WhichOneof("kind") or "unknown"
+    out: dict[str, Any] = {"job_id": ev.job_id, "seq": ev.seq, "time": iso(ev.time)}
+    if kind == "queued":
+        out.update(priority=enum_name(common_pb2.Priority, ev.queued.priority, "PRIORITY_"),
+                   reason=ev.queued.reason or None)
+    elif kind == "dispatched":
+        d = ev.dispatched
+        out.update(worker_id=d.worker_id, pool_id=d.pool_id, attempt=d.attempt)
+    elif kind == "started":
+        s = ev.started
+        out.update(prompt_tokens=s.prompt_tokens, model_ref=s.model_ref, attempt=s.attempt,
+                   seed=s.seed)
+    elif kind == "tokens":
+        t = ev.tokens
+        out.update(choice_index=t.choice_index, text=t.text, token_ids=list(t.token_ids),
+                   logprobs=_logprobs(t.logprobs))
+    elif kind == "metrics":
+        m = ev.metrics
+        out.update(time_to_first_token_ms=m.time_to_first_token_ms,
+                   tokens_per_second=m.tokens_per_second, generated_tokens=m.generated_tokens,
+                   queue_ms=m.queue_ms)
+    elif kind == "divergence":
+        out.update(token_index=ev.divergence.token_index, message=ev.divergence.message)
+    elif kind == "retrying":
+        r = ev.retrying
+        out.update(attempt=r.attempt, backoff_ms=r.backoff_ms,
+                   cause=error_object(r.cause) if r.HasField("cause") else None)
+    elif kind == "end":
+        e = ev.end
+        out.update(choice_index=e.choice_index, finish_reason=e.finish_reason or "stop",
+                   usage=usage_object(e.usage),
+                   proof=proof_object(e.proof) if e.HasField("proof") else None)
+    elif kind == "error":
+        out.update(error=error_object(ev.error))
+    return kind, out
+
+
+def fact_object(fact: events_pb2.Fact) -> dict[str, Any]:
+    return {
+        "id": fact.id,
+        "time": iso(fact.time),
+        "kind": enum_name(events_pb2.FactKind, fact.kind, "FACT_KIND_"),
+        "code": fact.code,
+        "level": enum_name(events_pb2.FactLevel, fact.level, "FACT_LEVEL_"),
+        "component": fact.component,
+        "correlation_id": fact.correlation_id or None,
+        "message": fact.message,
+        "job_id": fact.job_id or None,
+        "pool_id": fact.pool_id or None,
+        "worker_id": fact.worker_id or None,
+        "model_ref": fact.model_ref or None,
+        "attributes": _whole_numbers(json_format.MessageToDict(fact.attributes)),
+    }
+
+
+def _whole_numbers(value: Any) -> Any:
+    """Struct numbers are doubles; an exit code reads better as 137 than as 137.0."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    return value
