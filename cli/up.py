@@ -39,6 +39,18 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _serving(address: str) -> bool:
+    """The orchestrator answers gRPC health: requests sent now will be admitted."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    try:
+        with grpc.insecure_channel(address) as ch:
+            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
+            return resp.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+
+
 def run(config_path: str | None) -> int:
     cfg = config_mod.load(config_path)  # fail fast, with one line, before spawning anything
     common = ["--config", config_path] if config_path else []
@@ -65,7 +77,8 @@ def run(config_path: str | None) -> int:
                 print(f"llama-orch: {name} exited with code {p.returncode}; stopping", file=sys.stderr)
                 code = p.returncode or 1
                 stopping = True
-        if not announced and not stopping and _healthy(url + "/healthz"):
+        if (not announced and not stopping and _healthy(url + "/healthz")
+                and _serving(cfg.gateway.orchestrator)):
             models = ", ".join(sorted(["tiny", *cfg.models])) if cfg.models else "tiny"
             print(f"llama-orch is up (home mode): OpenAI API at {url}/v1 — models: {models}. "
                   "Ctrl-C stops everything.", file=sys.stderr, flush=True)

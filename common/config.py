@@ -50,6 +50,18 @@ class OrchestratorConfig:
     default_deadline_ms: int = 5 * 60_000
     max_deadline_ms: int = 30 * 60_000
     cancel_grace_s: float = 5.0
+    # Prometheus text for the orchestrator's metrics (the gateway's /metrics includes it).
+    metrics_listen: str = "127.0.0.1:9101"
+    # State store URL; empty means SQLite in data_dir (sqlite+aiosqlite:///.../state.db).
+    database: str = ""
+    retry_max_attempts: int = 5
+    retry_initial_s: float = 1.0
+    retry_multiplier: float = 2.0
+    retry_cap_s: float = 60.0
+    # Queue optimizer: wakes while the queue is deeper than the threshold.
+    optimizer_threshold: int = 10
+    optimizer_interval_s: float = 30.0
+    optimizer_budget_s: float = 5.0
 
 
 @dataclass
@@ -95,11 +107,19 @@ class Config:
                               param="mode")
         for key, addr in (("gateway.listen", self.gateway.listen),
                           ("orchestrator.listen", self.orchestrator.listen),
+                          ("orchestrator.metrics_listen", self.orchestrator.metrics_listen),
                           ("pool.listen", self.pool.listen)):
             host, _ = split_address(addr, key)
             if self.mode == "home" and not is_loopback(host):
                 raise ConfigError(f"{key}={addr} is not loopback; home mode binds loopback only",
                                   param=key)
+        o = self.orchestrator
+        if o.retry_max_attempts < 1 or o.retry_initial_s <= 0 or o.retry_multiplier < 1 or o.retry_cap_s <= 0:
+            raise ConfigError("orchestrator.retry_* must be positive (max_attempts >= 1, multiplier >= 1)",
+                              param="orchestrator.retry_max_attempts")
+        if not 0 < o.default_deadline_ms <= o.max_deadline_ms:
+            raise ConfigError("orchestrator.default_deadline_ms must be in (0, max_deadline_ms]",
+                              param="orchestrator.default_deadline_ms")
         if self.pool.heartbeat_ms < 100:
             raise ConfigError("pool.heartbeat_ms must be at least 100", param="pool.heartbeat_ms")
         ids = [d.id for d in self.pool.devices]

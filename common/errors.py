@@ -60,7 +60,9 @@ GRPC_STATUS: dict[str, grpc.StatusCode] = {
 }
 
 # Codes after which the orchestrator may run the job again elsewhere.
-RETRYABLE = frozenset({"WORKER_CRASHED", "WORKER_NOT_READY", "POOL_UNAVAILABLE", "UNAVAILABLE"})
+# WORKER_BUSY: the worker refused before running anything, so another attempt is safe.
+RETRYABLE = frozenset({"WORKER_CRASHED", "WORKER_NOT_READY", "WORKER_BUSY", "POOL_UNAVAILABLE",
+                       "UNAVAILABLE"})
 
 
 def code_name(code: int) -> str:

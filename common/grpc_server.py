@@ -25,6 +25,10 @@ SERVER_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
 ]
 CHANNEL_OPTIONS = [
+    # Reconnect quickly after a peer restarts (gRPC's default backoff grows to 120 s).
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),

@@ -100,6 +100,9 @@ class ServerStream:
             self._pending = None
 
 
+READY_WAIT_S = 5.0
+
+
 class OrchestratorClient:
     """Typed, metadata-carrying access to ClientService over one shared channel."""
 
@@ -123,6 +126,7 @@ class OrchestratorClient:
         Admission failures are gRPC errors before any event, so they raise here, before
         the HTTP response has started, and can still become a proper status code.
         """
+        await self._ready()
         call = self._stub.Generate(
             client_pb2.GenerateRequest(spec=spec, idempotency_key=idempotency_key),
             metadata=caller.metadata())
@@ -174,7 +178,19 @@ class OrchestratorClient:
             metadata=caller.metadata())
         return ServerStream(call, "fact")
 
+    async def _ready(self) -> None:
+        """Wait briefly for the link to the orchestrator, so a request that arrives while
+        it (re)starts waits for it instead of failing at once; past READY_WAIT_S it is
+        UNAVAILABLE (503)."""
+        if self.channel.get_state(try_to_connect=True) is grpc.ChannelConnectivity.READY:
+            return
+        try:
+            await asyncio.wait_for(self.channel.channel_ready(), READY_WAIT_S)
+        except asyncio.TimeoutError:
+            raise OrchError("UNAVAILABLE", "the orchestrator is not reachable") from None
+
     async def _unary(self, method, request, caller: Caller):
+        await self._ready()
         try:
             return await method(request, metadata=caller.metadata(), timeout=UNARY_TIMEOUT_S)
         except grpc.aio.AioRpcError as err:

@@ -52,21 +52,21 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     def __init__(self, orch: Orchestrator):
         self.orch = orch
 
-    def _submit(self, spec, key, context):
+    async def _submit(self, spec, key, context):
         key = key or metadata(context, "idempotency-key")
         if len(key) > 256:
             raise OrchError("INVALID_ARGUMENT", "idempotency key longer than 256 characters",
                             param="idempotency_key")
-        return self.orch.submit(spec, idempotency_key=key, correlation_id=correlation_id(context))
+        return await self.orch.submit(spec, idempotency_key=key, correlation_id=correlation_id(context))
 
     @unary
     async def Submit(self, request, context):
-        job, existing = self._submit(request.spec, request.idempotency_key, context)
+        job, existing = await self._submit(request.spec, request.idempotency_key, context)
         return client_pb2.SubmitResponse(job=job.to_proto(), existing=existing)
 
     async def Generate(self, request, context):
         try:
-            job, _ = self._submit(request.spec, request.idempotency_key, context)
+            job, _ = await self._submit(request.spec, request.idempotency_key, context)
         except OrchError as err:
             await err.abort(context)
         finished = False
@@ -81,7 +81,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
 
     async def StreamJob(self, request, context):
         try:
-            job = self.orch.get(request.job_id)
+            job = await self.orch.get(request.job_id)
             stream = job.follow(request.after_seq)
             first = await anext(stream, None)
         except OrchError as err:
@@ -99,7 +99,8 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
 
     @unary
     async def GetJob(self, request, context):
-        return client_pb2.GetJobResponse(job=self.orch.get(request.job_id).to_proto())
+        job = await self.orch.get(request.job_id)
+        return client_pb2.GetJobResponse(job=job.to_proto())
 
     @unary
     async def ListJobs(self, request, context):

@@ -8,48 +8,78 @@ asks the policy for decisions, validates them and carries them out. Everything e
 from __future__ import annotations
 
 import asyncio
+import collections
+import heapq
 import time
 import uuid
 
 from common.config import Config
 from common.errors import OrchError
 from llama_orch.v1 import common_pb2, events_pb2, pool_link_pb2, worker_pb2
-from orchestrator import admission, executor, scheduler, validator
+from orchestrator import admission, executor, metrics, recovery, scheduler, validator
+from orchestrator.durability import Durability
+from orchestrator.store import DuplicateKey, Store, StoreError
 from orchestrator.catalog import Catalog
 from orchestrator.facts import FactBus
 from orchestrator.jobs import JobRecord, new_job_id
 from orchestrator.registry import PoolRecord, Registry, WorkerRecord
-from orchestrator.snapshot import Dispatch, JobView, Snapshot, StartWorker, Wait
-from orchestrator.types import JobState, WorkerPhase
+from orchestrator.retry import RetryPolicy
+from orchestrator.estimates import Estimates
+from orchestrator.queue_index import QueueIndex
+from orchestrator.snapshot import (Dispatch, EvictModel, JobView, Preload, Snapshot, StartWorker,
+                                   StopWorker, UnservableAdvice, Wait, build_snapshot)
+from orchestrator import optimizer
+from orchestrator.types import JobState, Priority, WorkerPhase
 
 F = events_pb2
 MAX_START_FAILURES = 3
 
 
 class Orchestrator:
-    def __init__(self, cfg: Config, catalog: Catalog | None = None, facts: FactBus | None = None):
+    def __init__(self, cfg: Config, catalog: Catalog | None = None, facts: FactBus | None = None,
+                 store: Store | None = None):
         self.cfg = cfg
+        self.store = store
+        self.durability = Durability(store)
+        self._finished: collections.deque[str] = collections.deque()
         self.catalog = catalog or Catalog.from_config(cfg.models)
         self.facts = facts or FactBus()
         self.registry = Registry()
         self.jobs: dict[str, JobRecord] = {}
-        self.queue: dict[str, JobRecord] = {}  # queued jobs by id, in admission order
+        self.queue: dict[str, JobRecord] = {}  # queued jobs by id
+        self.index = QueueIndex()  # the same jobs, indexed for the scheduler's snapshot
+        self.estimates = Estimates()
+        self.advice: tuple = ()
+        self._wake_at = float("inf")
+        self._wake_timer: asyncio.TimerHandle | None = None
+        self._optimize_now = asyncio.Event()
+        self.pins: dict[str, set[tuple[str, str]]] = {}
         self.idempotency: dict[str, str] = {}
         self._order = 0
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._start_failures: dict[str, tuple[int, float, str]] = {}
+        o = cfg.orchestrator
+        self.retry = RetryPolicy(o.retry_max_attempts, o.retry_initial_s, o.retry_multiplier, o.retry_cap_s)
+        self._deadlines: list[tuple[float, str]] = []  # heap of (deadline, job_id)
 
     # ---- lifecycle -------------------------------------------------------------------
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Recover unfinished jobs from the store, then start the loops."""
+        self.durability.start()
+        if self.store is not None:
+            await recovery.recover(self)
         self._tasks = [asyncio.create_task(self._decision_loop(), name="decision-loop"),
-                       asyncio.create_task(self._watchdog(), name="watchdog")]
+                       asyncio.create_task(self._watchdog(), name="watchdog"),
+                       asyncio.create_task(self._optimizer(), name="optimizer")]
+        self.wake()
 
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.durability.stop()
         for w in self.registry.workers.values():
             await w.close()
 
@@ -58,24 +88,35 @@ class Orchestrator:
 
     # ---- jobs --------------------------------------------------------------------------
 
-    def submit(self, spec: common_pb2.JobSpec, *, idempotency_key: str = "",
-               correlation_id: str = "") -> tuple[JobRecord, bool]:
-        if idempotency_key and idempotency_key in self.idempotency:
-            job = self.jobs[self.idempotency[idempotency_key]]
-            if job.spec != spec:
-                raise OrchError("IDEMPOTENCY_CONFLICT",
-                                "this Idempotency-Key was used for a different request",
-                                param="idempotency_key")
-            return job, True
-        admitted = admission.admit(spec, self.catalog, self.cfg.orchestrator)
+    async def submit(self, spec: common_pb2.JobSpec, *, idempotency_key: str = "",
+                     correlation_id: str = "") -> tuple[JobRecord, bool]:
+        """Admit and persist a job; it is durable when this returns. A repeated
+        Idempotency-Key returns the earlier job (or IDEMPOTENCY_CONFLICT if the request
+        differs)."""
+        if idempotency_key:
+            existing = await self._by_idempotency_key(idempotency_key)
+            if existing is not None:
+                return self._same_request(existing, spec), True
+        try:
+            admitted = admission.admit(spec, self.catalog, self.cfg.orchestrator)
+        except OrchError as err:
+            metrics.ADMISSIONS.labels(component="orchestrator", outcome=err.code).inc()
+            raise
         self._order += 1
         job = JobRecord(new_job_id(), spec, admitted, correlation_id=correlation_id,
                         idempotency_key=idempotency_key, order=self._order)
-        self.jobs[job.job_id] = job
-        if idempotency_key:
-            self.idempotency[idempotency_key] = job.job_id
-        self.queue[job.job_id] = job
+        try:
+            await self.durability.insert(job)
+        except DuplicateKey:
+            existing = await self._by_idempotency_key(idempotency_key)
+            if existing is None:
+                raise OrchError("INTERNAL", "idempotency key collided but no job holds it") from None
+            return self._same_request(existing, spec), True
+        except StoreError as exc:
+            raise OrchError("UNAVAILABLE", f"the state store refused the job: {exc}") from None
+        self._track(job)
         job.append(queued=F.JobQueued(priority=spec.priority or common_pb2.PRIORITY_INTERACTIVE))
+        metrics.ADMISSIONS.labels(component="orchestrator", outcome="admitted").inc()
         self.facts.publish(F.FACT_KIND_JOB_ADMITTED, f"admitted for {admitted.model.name}",
                            job_id=job.job_id, model_ref=job.model_ref,
                            correlation_id=correlation_id, priority=admitted.priority.name.lower(),
@@ -83,19 +124,66 @@ class Orchestrator:
         self.wake()
         return job, False
 
-    def get(self, job_id: str) -> JobRecord:
+    def _track(self, job: JobRecord) -> None:
+        """Make a live job known to the loop: table, queue (if queued), deadline."""
+        job.on_append = self.durability.appended
+        self.jobs[job.job_id] = job
+        if job.idempotency_key:
+            self.idempotency[job.idempotency_key] = job.job_id
+        if job.state is JobState.QUEUED:
+            self._enqueue(job)
+        heapq.heappush(self._deadlines, (job.created_at + job.admitted.deadline_ms / 1000, job.job_id))
+
+    def _enqueue(self, job: JobRecord) -> None:
+        self.queue[job.job_id] = job
+        self.index.remove(job.job_id)
+        m = job.admitted.model
+        self.index.add(JobView(job.job_id, job.model_ref, job.priority, job.order,
+                               m.memory_estimate_bytes, 1, m.engine or "hf", job.not_before,
+                               job.attempts))
+
+    def _dequeue(self, job_id: str) -> JobRecord | None:
+        self.index.remove(job_id)
+        return self.queue.pop(job_id, None)
+
+    @staticmethod
+    def _same_request(job: JobRecord, spec: common_pb2.JobSpec) -> JobRecord:
+        if job.spec != spec:
+            raise OrchError("IDEMPOTENCY_CONFLICT",
+                            "this Idempotency-Key was used for a different request",
+                            param="idempotency_key")
+        return job
+
+    async def _by_idempotency_key(self, key: str) -> JobRecord | None:
+        job_id = self.idempotency.get(key)
+        if job_id is not None and job_id in self.jobs:
+            return self.jobs[job_id]
+        if self.store is None:
+            return None
+        row = await self.store.find_by_idempotency_key(key)
+        return await self.get(row.job_id) if row is not None else None
+
+    async def get(self, job_id: str) -> JobRecord:
+        """A job by id: live or recently finished from memory, older ones from the store."""
         job = self.jobs.get(job_id)
+        if job is None and self.store is not None and len(job_id) <= 64:
+            row = await self.store.get_job(job_id)
+            if row is not None:
+                job = await recovery.finished_record(self, row)
         if job is None:
             raise OrchError("NOT_FOUND", f"no job {job_id!r}", param="job_id")
         return job
 
-    async def cancel(self, job_id: str) -> JobRecord:
-        job = self.get(job_id)
+    async def cancel(self, job_id: str, error: OrchError | None = None) -> JobRecord:
+        """Cancel a job (or expire it, with DEADLINE_EXCEEDED). Idempotent; a finished job
+        is returned with its recorded outcome."""
+        job = await self.get(job_id)
         if job.done or job.cancel_requested:
             return job
         job.cancel_requested = True
+        job.cancel_error = error or OrchError("CANCELLED", "cancelled by the client")
         if job.state is JobState.QUEUED:
-            self._finish(job, JobState.CANCELLED, OrchError("CANCELLED", "cancelled by the client"))
+            self._finish(job, self._cancel_state(job), job.cancel_error)
             return job
         worker = self.registry.workers.get(job.worker_id)
         if worker is not None and worker.endpoint:
@@ -115,18 +203,23 @@ class Orchestrator:
             return
         if job.call is not None:
             job.call.cancel()
-        self._finish(job, JobState.CANCELLED,
-                     OrchError("CANCELLED", "cancelled; the worker did not confirm in time"))
+        self._finish(job, self._cancel_state(job), job.cancel_error)
+
+    @staticmethod
+    def _cancel_state(job: JobRecord) -> JobState:
+        err = job.cancel_error
+        return JobState.FAILED if err is not None and err.code == "DEADLINE_EXCEEDED" else JobState.CANCELLED
 
     def _finish(self, job: JobRecord, state: JobState, error: OrchError | None = None) -> None:
+        """Close a job: its state at once, its row durably, then its final event (so a
+        client never sees an outcome the store could lose)."""
         if job.done:
             return
-        self.queue.pop(job.job_id, None)
+        self._dequeue(job.job_id)
         job.state = state
         job.finished_at = time.time()
         job.error = error
-        if error is not None:
-            job.append(error=error.to_detail(), final=True)
+        metrics.FINISHED.labels(component="orchestrator", status=state.value).inc()
         kind = {JobState.SUCCEEDED: F.FACT_KIND_JOB_FINISHED, JobState.FAILED: F.FACT_KIND_JOB_FAILED,
                 JobState.CANCELLED: F.FACT_KIND_JOB_CANCELLED}[state]
         self.facts.publish(kind, error.message if error else f"finished: {job.finish_reason}",
@@ -135,37 +228,102 @@ class Orchestrator:
                            model_ref=job.model_ref, correlation_id=job.correlation_id,
                            error_code=error.code if error else None,
                            completion_tokens=job.usage.completion_tokens)
+        asyncio.ensure_future(self._close(job))
+
+    async def _close(self, job: JobRecord) -> None:
+        try:
+            await self.durability.save(job)
+        except Exception as exc:  # recovery re-runs it; the client is not told it finished
+            self.facts.publish(F.FACT_KIND_JOB_FAILED, f"could not record the outcome: {exc!r}",
+                               level=F.FACT_LEVEL_ERROR, job_id=job.job_id)
+            return
+        if job.error is not None:
+            job.append(error=job.error.to_detail(), final=True)
+        elif job.pending_end is not None:
+            job.append(end=job.pending_end, final=True)
+        self._retire(job)
+
+    def _retire(self, job: JobRecord, keep: int = 10_000) -> None:
+        """Finished jobs stay in memory for a while, then only in the store."""
+        self._finished.append(job.job_id)
+        while len(self._finished) > keep and self.store is not None:
+            old = self.jobs.pop(self._finished.popleft(), None)
+            if old is not None and old.idempotency_key:
+                self.idempotency.pop(old.idempotency_key, None)
 
     # ---- the decision loop -------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        jobs = tuple(JobView(j.job_id, j.model_ref, j.priority, j.order,
-                             j.admitted.model.memory_estimate_bytes)
-                     for j in self.queue.values())
-        pools = tuple(self.registry.pool_view(p) for p in self.registry.pools.values())
-        backoff = tuple((ref, until) for ref, (_, until, _) in self._start_failures.items())
-        return Snapshot(jobs, self.registry.worker_views(), pools, time.time(), backoff)
+        pools = self.registry.pool_views()
+        backoff = {ref: until for ref, (_, until, _) in self._start_failures.items()}
+        return build_snapshot(self.index, self.registry.worker_views(), pools, time.time(),
+                              start_backoff_until=backoff, estimates=self.estimates.snapshot(),
+                              advice=self.advice, pins=self.pins)
 
     async def _decision_loop(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            snap = self.snapshot()
-            if not snap.jobs:
-                continue
-            for decision, why in validator.validate(snap, scheduler.decide(snap)):
-                if why:
-                    self.facts.publish(F.FACT_KIND_DECISION_REJECTED, why,
-                                       level=F.FACT_LEVEL_WARNING, decision=repr(decision))
-                else:
-                    self._carry_out(decision)
-            # Re-check soon for start backoffs that expire without another event.
-            if self._start_failures:
-                asyncio.get_running_loop().call_later(1.0, self.wake)
+            try:
+                self._cycle()
+            except Exception as exc:  # a bug in one cycle must not stop scheduling for good
+                self.facts.publish(F.FACT_KIND_DECISION_REJECTED, f"scheduling cycle failed: {exc!r}",
+                                   level=F.FACT_LEVEL_ERROR)
+                await asyncio.sleep(0.5)
+                self.wake()
+
+    def _cycle(self) -> None:
+        t0 = time.perf_counter()
+        self._gauges()
+        if not self.queue:
+            return
+        snap = self.snapshot()
+        self._wake_at = float("inf")
+        checked = validator.validate(snap, scheduler.decide(snap))
+        metrics.SCHEDULING_LATENCY.labels(component="orchestrator").observe(
+            (time.perf_counter() - t0) * 1000)
+        for decision, why in checked:
+            metrics.DECISIONS.labels(component="orchestrator", action=type(decision).__name__,
+                                     outcome="rejected" if why else "accepted").inc()
+            if why:
+                self.facts.publish(F.FACT_KIND_DECISION_REJECTED, why,
+                                   level=F.FACT_LEVEL_WARNING, decision=repr(decision))
+            else:
+                self._carry_out(decision)
+        # One timer for the earliest retry backoff to expire (not one per waiting model),
+        # and a re-check for start backoffs that expire without another event.
+        if self._start_failures:
+            self._wake_at = min(self._wake_at, time.time() + 1.0)
+        if self._wake_at != float("inf"):
+            if self._wake_timer is not None:
+                self._wake_timer.cancel()
+            self._wake_timer = asyncio.get_running_loop().call_later(
+                max(0.0, self._wake_at - time.time()), self.wake)
+
+    def _gauges(self) -> None:
+        depth = self.index.depth_by_priority()
+        for prio in Priority:
+            metrics.QUEUE_DEPTH.labels(component="orchestrator",
+                                       priority=prio.name.lower()).set(depth.get(prio, 0))
+        metrics.POOLS.labels(component="orchestrator").set(len(self.registry.pools))
+        phases: dict[str, int] = {p.value: 0 for p in WorkerPhase}
+        for w in self.registry.workers.values():
+            phases[w.phase.value] += 1
+        for phase, n in phases.items():
+            metrics.WORKERS.labels(component="orchestrator", phase=phase).set(n)
+
+    def _expire_deadlines(self) -> None:
+        now = time.time()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, job_id = heapq.heappop(self._deadlines)
+            job = self.jobs.get(job_id)
+            if job is not None and not job.done:
+                asyncio.ensure_future(self.cancel(job_id, OrchError(
+                    "DEADLINE_EXCEEDED", f"the job did not finish within {job.admitted.deadline_ms} ms")))
 
     def _carry_out(self, d) -> None:
         if isinstance(d, Dispatch):
-            job, worker = self.queue.pop(d.job_id), self.registry.workers[d.worker_id]
+            job, worker = self._dequeue(d.job_id), self.registry.workers[d.worker_id]
             job.state, job.worker_id, job.pool_id = JobState.DISPATCHED, worker.worker_id, worker.pool_id
             job.attempts += 1
             job.waiting_reason = ""
@@ -176,6 +334,7 @@ class Orchestrator:
                                worker_id=worker.worker_id, pool_id=worker.pool_id,
                                model_ref=job.model_ref, correlation_id=job.correlation_id,
                                attempt=job.attempts)
+            self.durability.save_soon(job)
             asyncio.create_task(self._run(job, worker))
         elif isinstance(d, StartWorker):
             worker = WorkerRecord("w-" + uuid.uuid4().hex[:12], d.pool_id, d.model_ref,
@@ -185,12 +344,33 @@ class Orchestrator:
                                pool_id=d.pool_id, model_ref=d.model_ref, action="start_worker",
                                device_ids=list(d.device_ids))
             asyncio.create_task(self._start_worker(worker))
+        elif isinstance(d, StopWorker):
+            worker = self.registry.workers[d.worker_id]
+            worker.phase = WorkerPhase.STOPPING
+            self.facts.publish(F.FACT_KIND_DECISION_TAKEN, d.reason, worker_id=worker.worker_id,
+                               pool_id=worker.pool_id, model_ref=worker.model_ref, action="stop_worker")
+            asyncio.create_task(self._stop_worker(worker))
+        elif isinstance(d, (Preload, EvictModel)):
+            self.facts.publish(F.FACT_KIND_DECISION_TAKEN, f"{d.reason} (not carried out: pools "
+                               "do not preload or evict model files yet)", pool_id=d.pool_id,
+                               model_ref=d.model_ref, action=type(d).__name__.lower())
         elif isinstance(d, Wait):
             job = self.queue.get(d.job_id)
             if job is not None and job.waiting_reason != d.reason:
                 job.waiting_reason = d.reason
                 self.facts.publish(F.FACT_KIND_JOB_WAITING, d.reason, job_id=job.job_id,
-                                   model_ref=job.model_ref, level=F.FACT_LEVEL_DEBUG)
+                                   model_ref=job.model_ref, level=F.FACT_LEVEL_DEBUG,
+                                   waiting_jobs=d.jobs)
+            if d.until:
+                self._wake_at = min(self._wake_at, d.until)
+
+    async def _stop_worker(self, worker: WorkerRecord) -> None:
+        pool = self.registry.pools.get(worker.pool_id)
+        result = await pool.command(stop_worker=pool_link_pb2.StopWorkerCommand(
+            worker_id=worker.worker_id)) if pool else None
+        if result is None or not result.ok:
+            # Already gone, or the pool went away: either way it holds nothing any more.
+            self.worker_gone(worker.worker_id, None)
 
     async def _run(self, job: JobRecord, worker: WorkerRecord) -> None:
         outcome = executor.Outcome()
@@ -208,13 +388,40 @@ class Orchestrator:
             crashed = outcome.error is not None and outcome.error.code == "WORKER_CRASHED"
             worker.phase = WorkerPhase.STOPPING if crashed else WorkerPhase.READY
         worker.job_id, worker.last_used = "", time.time()
+        metrics.DISPATCHES.labels(component="orchestrator", outcome="ended" if outcome.ended else (
+            outcome.error.code if outcome.error else "unknown")).inc()
         if outcome.ended:
+            self.estimates.job_finished(job.model_ref, worker.worker_id, job.usage.completion_tokens,
+                                        max(1e-3, time.time() - (job.started_at or time.time())))
             self._finish(job, JobState.SUCCEEDED)
         elif job.cancel_requested:
-            self._finish(job, JobState.CANCELLED, OrchError("CANCELLED", "cancelled by the client"))
+            self._finish(job, self._cancel_state(job), job.cancel_error)
+        elif outcome.error is not None and self.retry.should_retry(job.attempts, outcome.error.retryable):
+            self._requeue(job, outcome.error)
         else:
-            self._finish(job, JobState.FAILED, outcome.error)
+            err = outcome.error or OrchError("INTERNAL", "the job ended without a result")
+            if err.retryable:
+                err = OrchError("RETRIES_EXHAUSTED", f"gave up after {job.attempts} attempts; "
+                                f"last error {err.code}: {err.message}")
+            self._finish(job, JobState.FAILED, err)
         self.wake()
+
+    def _requeue(self, job: JobRecord, cause: OrchError) -> None:
+        """Put a failed attempt back in the queue after a jittered backoff (same seed)."""
+        delay = self.retry.delay(job.attempts)
+        job.state, job.worker_id, job.pool_id = JobState.QUEUED, "", ""
+        job.not_before = time.time() + delay
+        job.waiting_reason = "retry backoff"
+        self._enqueue(job)
+        job.append(retrying=F.JobRetrying(attempt=job.attempts + 1, backoff_ms=int(delay * 1000),
+                                          cause=cause.to_detail()))
+        self.durability.save_soon(job)
+        metrics.RETRIES.labels(component="orchestrator", code=cause.code).inc()
+        self.facts.publish(F.FACT_KIND_JOB_RETRYING, f"{cause.code}: {cause.message}",
+                           level=F.FACT_LEVEL_WARNING, job_id=job.job_id, model_ref=job.model_ref,
+                           correlation_id=job.correlation_id, attempt=job.attempts + 1,
+                           backoff_ms=int(delay * 1000), cause=cause.code)
+        asyncio.get_running_loop().call_later(delay, self.wake)
 
     async def _start_worker(self, worker: WorkerRecord) -> None:
         pool = self.registry.pools.get(worker.pool_id)
@@ -234,14 +441,17 @@ class Orchestrator:
 
     # ---- facts from pools ----------------------------------------------------------------
 
-    def pool_joined(self, pool: PoolRecord) -> None:
+    def pool_joined(self, pool: PoolRecord, workers=()) -> None:
         old = self.registry.pools.get(pool.pool_id)
         if old is not None:
             self.pool_lost(old, "replaced by a new link")
         self.registry.pools[pool.pool_id] = pool
+        for info in workers:
+            self._adopt(pool.pool_id, info)
         self.facts.publish(F.FACT_KIND_POOL_JOINED, f"{len(pool.inventory.devices)} devices",
                            pool_id=pool.pool_id, nvml_status=pool.inventory.nvml_status,
                            devices=[d.id for d in pool.inventory.devices])
+        self._optimize_now.set()
         self.wake()
 
     def pool_lost(self, pool: PoolRecord, reason: str) -> None:
@@ -254,16 +464,40 @@ class Orchestrator:
                            level=F.FACT_LEVEL_WARNING)
         for w in self.registry.workers_of(pool.pool_id):
             self.worker_gone(w.worker_id, OrchError("POOL_UNAVAILABLE", reason))
+        self._optimize_now.set()
         self.wake()
+
+    def _adopt(self, pool_id: str, info: common_pb2.WorkerInfo) -> WorkerRecord | None:
+        """Take over a worker a pool reports (after an orchestrator or link restart)."""
+        if info.worker_id in self.registry.workers:
+            return self.registry.workers[info.worker_id]
+        model = self.catalog.by_ref(info.model_ref)
+        w = WorkerRecord(info.worker_id, pool_id, info.model_ref, tuple(info.device_ids),
+                         model.memory_estimate_bytes if model else 0)
+        self.registry.workers[w.worker_id] = w
+        if info.state == common_pb2.WORKER_STATE_READY and info.endpoint:
+            w.phase, w.endpoint, w.pid = WorkerPhase.READY, info.endpoint, info.pid
+            w.device_bytes = dict(info.device_bytes)
+            w.engine, w.engine_version, w.model_digest = info.engine, info.engine_version, info.model_digest
+        self.facts.publish(F.FACT_KIND_WORKER_READY if w.phase is WorkerPhase.READY
+                           else F.FACT_KIND_WORKER_STARTING, "adopted from the pool",
+                           worker_id=w.worker_id, pool_id=pool_id, model_ref=w.model_ref,
+                           endpoint=w.endpoint or None, adopted=True)
+        return w
 
     def worker_ready(self, pool_id: str, info: common_pb2.WorkerInfo, load_ms: int) -> None:
         w = self.registry.workers.get(info.worker_id)
+        if w is None and pool_id in self.registry.pools:
+            w = self._adopt(pool_id, common_pb2.WorkerInfo(
+                worker_id=info.worker_id, model_ref=info.model_ref, device_ids=info.device_ids,
+                state=common_pb2.WORKER_STATE_STARTING))
         if w is None or w.pool_id != pool_id:
-            return  # not ours (or a stale report); the pool is told to stop it elsewhere
+            return
         w.phase, w.endpoint, w.pid = WorkerPhase.READY, info.endpoint, info.pid
         w.device_bytes = dict(info.device_bytes)
         w.engine, w.engine_version, w.model_digest = info.engine, info.engine_version, info.model_digest
         w.last_used = time.time()
+        self.estimates.worker_started(w.model_ref, max(0.0, w.last_used - w.started_at))
         self._start_failures.pop(w.model_ref, None)
         self.facts.publish(F.FACT_KIND_WORKER_READY, f"ready in {load_ms} ms", worker_id=w.worker_id,
                            pool_id=pool_id, model_ref=w.model_ref, endpoint=w.endpoint, pid=w.pid,
@@ -278,6 +512,7 @@ class Orchestrator:
             return
         was_starting = w.phase is WorkerPhase.STARTING
         w.phase = WorkerPhase.GONE
+        self.estimates.worker_gone(worker_id)
         asyncio.create_task(w.close())
         if error is None:
             self.facts.publish(F.FACT_KIND_WORKER_STOPPED, "stopped", worker_id=worker_id,
@@ -299,15 +534,47 @@ class Orchestrator:
         if count < MAX_START_FAILURES:
             return
         self._start_failures.pop(model_ref, None)
-        for job in [j for j in self.queue.values() if j.model_ref == model_ref]:
+        for job in [j for j in list(self.queue.values()) if j.model_ref == model_ref]:
             self._finish(job, JobState.FAILED, OrchError(
                 "WORKER_START_FAILED", f"no worker could start for {model_ref}: {error.message}"))
+
+    async def _optimizer(self) -> None:
+        """The queue optimizer: while the queue is deep, advise; the scheduler decides."""
+        o = self.cfg.orchestrator
+        cfg = optimizer.OptimizerConfig(threshold_queued=o.optimizer_threshold,
+                                        interval_s=o.optimizer_interval_s, budget_s=o.optimizer_budget_s)
+        while True:
+            try:  # a pool joining or leaving changes what can be served: look again at once
+                await asyncio.wait_for(self._optimize_now.wait(), cfg.interval_s)
+            except asyncio.TimeoutError:
+                pass
+            self._optimize_now.clear()
+            if len(self.index) <= cfg.threshold_queued:
+                if self.advice:
+                    self.advice = ()
+                continue
+            t0 = time.perf_counter()
+            snap = self.snapshot()
+            advice = await asyncio.to_thread(optimizer.advise, snap, cfg.budget_s, cfg)
+            self.advice = tuple(advice)
+            metrics.OPTIMIZER_RUNS.labels(component="orchestrator").inc()
+            for a in advice:
+                metrics.OPTIMIZER_ADVICE.labels(component="orchestrator",
+                                                kind=type(a).__name__).inc()
+                self.facts.publish(F.FACT_KIND_OPTIMIZER_ADVICE, repr(a),
+                                   model_ref=a.model_ref, pool_id=getattr(a, "pool_id", ""),
+                                   level=F.FACT_LEVEL_WARNING if isinstance(a, UnservableAdvice)
+                                   else F.FACT_LEVEL_INFO, advice=type(a).__name__)
+            self.facts.publish(F.FACT_KIND_OPTIMIZER_RUN, f"{len(advice)} suggestions",
+                               queued=len(self.index), ms=round((time.perf_counter() - t0) * 1000, 2))
+            self.wake()
 
     async def _watchdog(self) -> None:
         """Marks pools lost after missed heartbeats and gives up on stuck starts."""
         cfg = self.cfg.orchestrator
         while True:
             await asyncio.sleep(0.5)
+            self._expire_deadlines()
             now = time.monotonic()
             for pool in list(self.registry.pools.values()):
                 limit = cfg.missed_heartbeats * self.cfg.pool.heartbeat_ms / 1000

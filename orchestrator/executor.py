@@ -38,6 +38,8 @@ async def relay(job: JobRecord, worker: WorkerRecord, outcome: Outcome, on_start
     """Stream the job on the worker, appending events to `job` until a terminal one."""
     n = max(1, job.admitted.sampling.n)
     ends = 0
+    job.replay.begin_attempt()
+    job.usage.Clear()
     call = worker.stub().Execute(execute_request(job))
     job.call = call
     try:
@@ -47,9 +49,9 @@ async def relay(job: JobRecord, worker: WorkerRecord, outcome: Outcome, on_start
                 on_started(resp.started)
                 job.append(started=resp.started)
             elif kind == "tokens":
-                if resp.tokens.choice_index == 0:
-                    job.output.append(resp.tokens.text)
-                job.append(tokens=resp.tokens)
+                # A retried attempt replays with the same seed: never send a token twice.
+                for event in job.replay.on_tokens(resp.tokens):
+                    job.append(**event)
             elif kind == "metrics":
                 job.append(metrics=resp.metrics)
             elif kind == "end":
@@ -57,7 +59,8 @@ async def relay(job: JobRecord, worker: WorkerRecord, outcome: Outcome, on_start
                 _account(job, resp.end, first=ends == 1)
                 if ends >= n:
                     outcome.ended = True
-                    job.append(end=resp.end, final=True)
+                    job.output = [job.replay.attempt_text(0)]
+                    job.pending_end = resp.end  # appended once the outcome is durable
                     return
                 job.append(end=resp.end)
             elif kind == "error":

@@ -19,6 +19,7 @@ from google.protobuf import timestamp_pb2
 from common.errors import OrchError
 from llama_orch.v1 import common_pb2, events_pb2
 from orchestrator.admission import Admitted
+from orchestrator.replay import Replay
 from orchestrator.types import JobState, Priority
 
 _STATUS = {
@@ -66,11 +67,21 @@ class JobRecord:
     output: list[str] = field(default_factory=list)
     waiting_reason: str = ""
     cancel_requested: bool = False
+    cancel_error: OrchError | None = None
+    # The last choice's end, held until the outcome is committed.
+    pending_end: events_pb2.JobEnd | None = None
     events: list[events_pb2.JobEvent] = field(default_factory=list)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _closed: bool = False
     # The live Execute call while dispatched, so a cancel past its grace can cut it.
     call: object = None
+    replay: Replay = field(default_factory=Replay)
+    # Events up to this seq are committed; only those are streamed to clients.
+    durable_seq: int = 0
+    # Called with each appended event (persistence); None keeps events in memory only.
+    on_append: object = None
+    # Earliest time a requeued job may run again (retry backoff), epoch seconds.
+    not_before: float = 0.0
 
     @property
     def priority(self) -> Priority:
@@ -96,9 +107,17 @@ class JobRecord:
         self.events.append(event)
         self.updated_at = now
         self._closed = final
-        self._changed.set()
-        self._changed = asyncio.Event()
+        if self.on_append is None:
+            self.mark_durable(event.seq)
+        else:
+            self.on_append(self, event)
         return event
+
+    def mark_durable(self, seq: int) -> None:
+        if seq > self.durable_seq:
+            self.durable_seq = seq
+            self._changed.set()
+            self._changed = asyncio.Event()
 
     @property
     def done(self) -> bool:
@@ -112,10 +131,10 @@ class JobRecord:
                             param="after_seq")
         sent = after_seq
         while True:
-            while sent < len(self.events):
+            while sent < self.durable_seq:
                 sent += 1
                 yield self.events[sent - 1]
-            if self._closed:
+            if self._closed and sent >= len(self.events):
                 return
             await self._changed.wait()
 

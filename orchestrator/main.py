@@ -8,14 +8,16 @@ import signal
 import sys
 
 from common import config as config_mod
-from common.errors import OrchError
+from common.errors import ConfigError, OrchError
 from common.grpc_server import Server
 from llama_orch.v1 import admin_pb2, client_pb2, events_pb2, pool_link_pb2
 from llama_orch.v1 import admin_pb2_grpc, client_pb2_grpc, pool_link_pb2_grpc
+from orchestrator import metrics
 from orchestrator.admin_api import AdminServicer
 from orchestrator.client_api import ClientServicer
 from orchestrator.core import Orchestrator
 from orchestrator.pool_link import PoolLinkServicer
+from orchestrator.store import Store, url_for_data_dir
 
 SERVICES = [client_pb2.DESCRIPTOR.services_by_name["ClientService"].full_name,
             admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
@@ -31,11 +33,21 @@ def build_server(orch: Orchestrator) -> Server:
 
 
 async def serve(cfg: config_mod.Config) -> None:
-    orch = Orchestrator(cfg)
+    url = cfg.orchestrator.database or url_for_data_dir(cfg.data_dir)
+    try:
+        store = await Store.open(url)
+    except Exception as exc:  # a bad URL, an unreachable database, a failed migration
+        raise ConfigError(f"cannot open the state store {url}: {exc}", param="orchestrator.database") from None
+    orch = Orchestrator(cfg, store=store)
     server = build_server(orch)
     server.bind(cfg.orchestrator.listen)
+    try:
+        metrics.serve(cfg.orchestrator.metrics_listen)
+    except OSError as exc:
+        raise ConfigError(f"cannot bind {cfg.orchestrator.metrics_listen}: {exc.strerror}",
+                          param="orchestrator.metrics_listen") from None
+    await orch.start()
     await server.start()
-    orch.start()
     orch.facts.publish(events_pb2.FACT_KIND_COMPONENT_STARTED, f"listening on {cfg.orchestrator.listen}",
                        mode=cfg.mode, models=sorted(orch.catalog.models))
     stop = asyncio.Event()
@@ -46,6 +58,7 @@ async def serve(cfg: config_mod.Config) -> None:
     orch.facts.publish(events_pb2.FACT_KIND_COMPONENT_STOPPED, "shutting down")
     await server.stop(1.0)
     await orch.stop()
+    await store.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,7 +36,7 @@ class PoolLinkServicer(pool_link_pb2_grpc.PoolLinkServiceServicer):
                             ).abort(context)
         reg = first.registration
         pool = PoolRecord(reg.pool_id, reg.inventory, address=reg.address)
-        self.orch.pool_joined(pool)
+        self.orch.pool_joined(pool, reg.workers)
         yield pool_link_pb2.ConnectResponse(accepted=pool_link_pb2.RegistrationAccepted(
             pool_id=pool.pool_id, heartbeat_interval_ms=self.orch.cfg.pool.heartbeat_ms))
         reader = asyncio.create_task(self._read(pool, request_iterator))

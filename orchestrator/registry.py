@@ -109,10 +109,17 @@ class Registry:
     def workers_of(self, pool_id: str) -> list[WorkerRecord]:
         return [w for w in self.workers.values() if w.pool_id == pool_id]
 
-    def pool_view(self, pool: PoolRecord) -> PoolView:
+    def pool_views(self) -> list[PoolView]:
+        """Every pool's view, grouping workers by pool in one pass (not pools x workers)."""
+        by_pool: dict[str, list[WorkerRecord]] = {}
+        for w in self.workers.values():
+            by_pool.setdefault(w.pool_id, []).append(w)
+        return [self.pool_view(p, by_pool.get(p.pool_id, [])) for p in self.pools.values()]
+
+    def pool_view(self, pool: PoolRecord, workers: list[WorkerRecord] | None = None) -> PoolView:
         ours: dict[str, int] = {}
         reported: dict[str, int] = {}
-        for w in self.workers_of(pool.pool_id):
+        for w in self.workers_of(pool.pool_id) if workers is None else workers:
             if w.phase is WorkerPhase.GONE:
                 continue
             for dev in w.device_ids:
@@ -134,7 +141,7 @@ class Registry:
 
     def worker_views(self) -> tuple[WorkerView, ...]:
         return tuple(WorkerView(w.worker_id, w.pool_id, w.model_ref, w.phase, w.device_ids,
-                                w.last_used)
+                                w.last_used, max((w.bytes_on(d) for d in w.device_ids), default=0))
                      for w in self.workers.values() if w.phase is not WorkerPhase.GONE
                      and self.pools.get(w.pool_id) is not None
                      and self.pools[w.pool_id].available)

@@ -1,88 +1,311 @@
 """The built-in scheduling policy: decide(snapshot) -> decisions. Pure and deterministic.
 
-Formula, per cycle, over queued jobs in (priority, admission order):
-  1. Dispatch to an idle READY worker serving the job's model; among several, the one
-     idle longest (spreads wear, keeps recently used ones warm for affinity).
-  2. Else, if no worker for the model exists or is starting, start one: on the
-     available pool and device set with the most free memory that fits the model's
-     estimate on every device of the mask.
-  3. Else the job waits, with the reason ("worker starting", "all workers busy",
-     "no device fits", "no pool available").
-One Wait is reported per model and reason, not per job, so a deep queue costs
-O(workers + distinct models) per cycle once the idle workers are used up.
+Inputs (all from the Snapshot): eligible heads per model, counts of queued / backoff
+jobs, idle workers per model (longest idle first), busy and starting counts, pools
+ranked by room, STOPPING workers' memory, start backoffs, learned estimates
+(start_s, job_s), the optimizer's advice, pins.
+
+Formula, per cycle:
+  1. Dispatch. Models in the order of their head job (priority, admission order); each
+     model's heads go, in order, to its idle READY workers, longest idle first
+     (affinity: a job only ever goes to a worker already serving its model).
+  2. Capacity, for each model still holding eligible jobs (remaining r), in the order of
+     its first waiting job:
+     - unservable (optimizer advice)             -> wait "no pool can serve this model"
+     - no worker at all (busy + starting = 0):
+         start backoff                           -> wait
+         place (below) fits                      -> StartWorker, wait "worker starting"
+         STOPPING workers will free enough       -> wait "evicting to make room"
+         LRU eviction frees enough on one pool   -> StopWorker(s), wait "evicting ..."
+         otherwise                               -> wait "no device has room" / "no pool"
+     - workers busy or starting (n = busy + starting + dispatched this cycle), with an
+       estimate: expected_wait = r / n * job_s. If expected_wait > start_s, not in start
+       backoff, no start of the model already in flight, and a device that hosts no
+       worker of the model fits WITHOUT eviction -> StartWorker (another one); otherwise
+       wait "waiting is faster than starting" / "no free device". (A second replica on
+       the same device adds no compute; one start in flight at a time lets each new
+       worker's effect show before the next: extra workers grow one per start_s.)
+       Without an estimate the model waits for its workers. A StartAdvice whose devices
+       still host no worker and fit may start one either way (free capacity).
+  3. Retry backoff: one wait per model with jobs whose not_before > now.
+  Place: among available pools offering the engine, the mask of device_count devices
+  with the most free memory (free = snapshot free - reservations made this cycle);
+  room = min free over the mask; the pool with the largest room wins (ties: pool id),
+  and room must be >= the model's memory estimate on EVERY device of the mask.
+  Evict: walk idle workers least recently used first, skipping pinned ones and ones
+  claimed this cycle; stop the ones on the first pool whose devices then fit.
+One Wait per (model, reason) per cycle. Cost O(models log models + decisions + pools
+touched). The eviction walk is O(idle workers), and runs only when nothing fits and the
+snapshot's evictable bound says some pool could; a need that found no victims rules out
+every larger one for the rest of the cycle.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
 
-from orchestrator.snapshot import (Decision, DeviceView, Dispatch, JobView, PoolView,
-                                   Snapshot, StartWorker, Wait)
-from orchestrator.types import WorkerPhase
+from orchestrator.snapshot import (Decision, DeviceKey, Dispatch, JobView, Snapshot,
+                                   StartWorker, StopWorker, Wait, WorkerView)
+
+
+class Reason:
+    """Reasons (stable strings: a Wait's reason becomes its jobs' waiting_reason)."""
+    DISPATCH = "idle worker with the model"
+    STARTING = "worker starting"
+    BUSY = "all workers for the model are busy or starting"
+    WAIT_FASTER = "all workers busy; waiting is faster than starting"
+    START_ANOTHER = "all workers busy; starting another worker"
+    BUSY_NO_ROOM = "all workers busy; no free device for another"
+    START_BACKOFF = "worker start failed recently; backing off"
+    NO_ROOM = "no device has room for the model"
+    NO_POOL = "no pool available"
+    EVICTING = "evicting to make room"
+    RETRY_BACKOFF = "retry backoff"
+    UNSERVABLE = "no pool can serve this model"
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    pool_id: str
+    device_ids: tuple[str, ...]
+    room: int  # min free bytes over the mask before this start
+
+
+@dataclass(frozen=True, slots=True)
+class Unplaced:
+    reason: str  # Reason.NO_ROOM or Reason.NO_POOL
+
+
+NO_ROOM, NO_POOL = Unplaced(Reason.NO_ROOM), Unplaced(Reason.NO_POOL)
+_NOWHERE: frozenset[DeviceKey] = frozenset()
+
+
+class _Cycle:
+    """Scratch state of one decide() call: claims and reservations made so far."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+        self.claimed: set[str] = set()  # workers dispatched to or stopped this cycle
+        self.reserved: dict[DeviceKey, int] = {}
+        self.touched: set[str] = set()  # pools whose precomputed room is stale
+        self.no_victims: list[tuple[str, int, int]] = []  # (engine, k, mem) evict found none
+
+    def free(self, key: DeviceKey) -> int:
+        return self.snap.devices[key].free_bytes - self.reserved.get(key, 0)
+
+    def reserve(self, p: Placed, mem: int) -> None:
+        for d in p.device_ids:
+            key = (p.pool_id, d)
+            self.reserved[key] = self.reserved.get(key, 0) + mem
+        self.touched.add(p.pool_id)
+
+    def room(self, pid: str, k: int, avoid: frozenset[DeviceKey]) -> tuple[int, tuple[str, ...]]:
+        """(room, mask) of the pool's best k devices now, leaving out `avoid`; room -1
+        when fewer than k devices are left."""
+        ranked = sorted(((self.free((pid, d)), d) for d in self.snap.devices_by_free[pid]
+                         if (pid, d) not in avoid), key=lambda r: (-r[0], r[1]))
+        if len(ranked) < k:
+            return -1, ()
+        return ranked[k - 1][0], tuple(d for _, d in ranked[:k])
 
 
 def decide(snap: Snapshot) -> list[Decision]:
-    idle: dict[str, list] = defaultdict(list)
-    present: set[str] = set()
-    for w in snap.workers:
-        if w.phase in (WorkerPhase.READY, WorkerPhase.BUSY, WorkerPhase.STARTING):
-            present.add(w.model_ref)
-        if w.phase is WorkerPhase.READY:
-            idle[w.model_ref].append(w)
-    for ws in idle.values():
-        ws.sort(key=lambda w: (w.last_used, w.worker_id), reverse=True)  # pop() = oldest
-    backoff = dict(snap.start_backoff_until)
-    free = {(p.pool_id, d.device_id): d.free_bytes for p in snap.pools if p.available
-            for d in p.devices}
-    decisions: list[Decision] = []
-    waited: set[tuple[str, str]] = set()
-    for job in sorted(snap.jobs, key=lambda j: (j.priority, j.order)):
-        pool_of_model = idle.get(job.model_ref)
-        if pool_of_model:
-            w = pool_of_model.pop()
-            decisions.append(Dispatch(job.job_id, w.worker_id, "idle worker with the model"))
+    cyc = _Cycle(snap)
+    out: list[Decision] = []
+    append, claim = out.append, cyc.claimed.add
+    queued, idle, total, backoff = snap.queued, snap.idle, snap.queued_total, snap.waiting_backoff
+    dispatched: dict[str, int] = {}
+    waiting: list[tuple[int, int, str, JobView, int]] = []
+    for m, heads in queued.items():  # in the order of each model's head job
+        ws = idle.get(m, ())
+        n = min(len(heads), len(ws))
+        for i in range(n):
+            wid = ws[i].worker_id
+            append(Dispatch(heads[i].job_id, wid, Reason.DISPATCH))
+            claim(wid)
+        dispatched[m] = n
+        remaining = total[m] - backoff.get(m, 0) - n
+        if remaining > 0:
+            first = heads[n] if n < len(heads) else heads[-1]
+            waiting.append((first.priority, first.order, m, first, remaining))
+    waiting.sort()
+    for _, _, m, first, remaining in waiting:
+        reason = _capacity(cyc, m, first, remaining, dispatched[m], out)
+        append(Wait(first.job_id, reason, m, remaining))
+    for m, job in snap.next_retry.items():
+        append(Wait(job.job_id, Reason.RETRY_BACKOFF, m, backoff[m], job.not_before))
+    return out
+
+
+def _capacity(cyc: _Cycle, m: str, job: JobView, remaining: int, dispatched: int,
+              out: list[Decision]) -> str:
+    """Decide what (if anything) to start or stop for model m; append those decisions
+    and return the reason its remaining jobs wait."""
+    snap = cyc.snap
+    if m in snap.unservable:
+        return Reason.UNSERVABLE
+    busy = snap.busy_by_model.get(m, 0) + dispatched
+    present = busy + snap.starting_by_model.get(m, 0)
+    backoff = snap.start_backoff_until.get(m, 0.0) > snap.now
+    advised = _advised(cyc, m, job) if not backoff and m in snap.start_advice else NO_ROOM
+    if present == 0:
+        if backoff:
+            return Reason.START_BACKOFF
+        if isinstance(advised, Placed):
+            _start(cyc, job, advised, f"no worker for {m}; optimizer advice: idle devices "
+                                      f"on {advised.pool_id}", out)
+            return Reason.STARTING
+        p = _place(cyc, job)
+        if isinstance(p, Placed):
+            _start(cyc, job, p, f"no worker for {m}; most free memory on {p.pool_id}", out)
+            return Reason.STARTING
+        if p is NO_POOL:
+            return Reason.NO_POOL
+        return _evict(cyc, m, job, out)
+    est = snap.estimates.get(m)
+    if est is None or remaining / present * est.job_s <= est.start_s:
+        if isinstance(advised, Placed):
+            _start(cyc, job, advised, f"optimizer advice: idle devices on {advised.pool_id}", out)
+            return Reason.START_ANOTHER
+        if not busy:
+            return Reason.STARTING
+        return Reason.BUSY if est is None else Reason.WAIT_FASTER
+    if backoff:
+        return Reason.START_BACKOFF
+    if not isinstance(advised, Placed) and snap.starting_by_model.get(m, 0):
+        return Reason.STARTING
+    p = advised if isinstance(advised, Placed) else _place(
+        cyc, job, snap.devices_of_model.get(m, _NOWHERE))
+    if not isinstance(p, Placed):
+        return Reason.BUSY_NO_ROOM
+    _start(cyc, job, p, f"{remaining} queued for {present} workers: expected wait "
+                        f"{remaining / present * est.job_s:.0f} s > start {est.start_s:.0f} s; "
+                        f"most free memory on {p.pool_id}", out)
+    return Reason.START_ANOTHER
+
+
+def _start(cyc: _Cycle, job: JobView, p: Placed, why: str, out: list[Decision]) -> None:
+    cyc.reserve(p, job.memory_estimate)
+    out.append(StartWorker(job.model_ref, p.pool_id, p.device_ids, job.memory_estimate, why))
+
+
+def _place(cyc: _Cycle, job: JobView, avoid: frozenset[DeviceKey] = _NOWHERE
+           ) -> Placed | Unplaced:
+    """Least-loaded placement without eviction (see the module docstring), on devices
+    outside `avoid`."""
+    snap, mem, k = cyc.snap, job.memory_estimate, job.device_count
+    best: Placed | None = None
+    for room, pid in snap.rooms(k):
+        if room < mem or (best is not None and room < best.room):
+            break  # ranked by room; reservations and avoided devices only lower it
+        if job.engine not in snap.pools[pid].engines:
             continue
-        if job.model_ref in present:
-            reason = "all workers for the model are busy or starting"
-        elif backoff.get(job.model_ref, 0.0) > snap.now:
-            reason = "worker start failed recently; backing off"
-        else:
-            start = _place(job, snap.pools, free)
-            if start is not None:
-                decisions.append(start)
-                present.add(job.model_ref)
-                for dev in start.device_ids:
-                    free[(start.pool_id, dev)] -= job.memory_estimate
-                reason = "worker starting"
-            elif not any(p.available for p in snap.pools):
-                reason = "no pool available"
-            else:
-                reason = "no device has room for the model"
-        key = (job.model_ref, reason)
-        if key not in waited:
-            waited.add(key)
-            decisions.append(Wait(job.job_id, reason))
-    return decisions
+        cur, mask = room, snap.devices_by_free[pid][:k]
+        if pid in cyc.touched or avoid and any((pid, d) in avoid for d in mask):
+            cur, mask = cyc.room(pid, k, avoid)
+            if cur < mem:
+                continue
+        if best is None or cur > best.room or (cur == best.room and pid < best.pool_id):
+            best = Placed(pid, mask, cur)
+    if best is not None:
+        return best
+    return NO_ROOM if snap.rooms(1) else NO_POOL  # rooms(1): every available pool
 
 
-def _place(job: JobView, pools: tuple[PoolView, ...],
-           free: dict[tuple[str, str], int]) -> StartWorker | None:
-    best: tuple[int, str, tuple[str, ...]] | None = None
-    for pool in pools:
-        if not pool.available:
+def _advised(cyc: _Cycle, m: str, job: JobView) -> Placed | Unplaced:
+    """The first StartAdvice for m whose devices host no worker and still fit."""
+    snap = cyc.snap
+    for a in snap.start_advice[m]:
+        pool = snap.pools.get(a.pool_id)
+        if (pool is None or not pool.available or job.engine not in pool.engines
+                or len(a.device_ids) != job.device_count):
             continue
-        fits = [d for d in pool.devices if free[(pool.pool_id, d.device_id)] >= job.memory_estimate]
-        if len(fits) < job.device_count:
+        keys = [(a.pool_id, d) for d in a.device_ids]
+        if any(k not in snap.devices or k in snap.occupied or k in cyc.reserved for k in keys):
             continue
-        fits.sort(key=lambda d: (-free[(pool.pool_id, d.device_id)], d.device_id))
-        mask = fits[: job.device_count]
-        room = min(free[(pool.pool_id, d.device_id)] for d in mask)
-        if best is None or room > best[0]:
-            best = (room, pool.pool_id, tuple(d.device_id for d in mask))
-    if best is None:
-        return None
-    return StartWorker(job.model_ref, best[1], best[2], job.memory_estimate,
-                       f"no worker for {job.model_ref}; most free memory on {best[1]}")
+        room = min(cyc.free(k) for k in keys)
+        if room >= job.memory_estimate:
+            return Placed(a.pool_id, a.device_ids, room)
+    return NO_ROOM
 
 
-__all__ = ["decide", "DeviceView"]
+def _evict(cyc: _Cycle, m: str, job: JobView, out: list[Decision]) -> str:
+    """Make room for model m: wait for STOPPING workers if they free enough, else stop
+    the least recently used idle, unpinned workers on the first pool that then fits."""
+    snap, mem, k, engine = cyc.snap, job.memory_estimate, job.device_count, job.engine
+    if any(e == engine and kk <= k and mm <= mem for e, kk, mm in cyc.no_victims):
+        return Reason.NO_ROOM  # a smaller need found no victims this cycle
+    hopeful = set()  # pools where stopping everything evictable could make room
+    for room, pid in snap.evictable_rooms(k):
+        if room < mem:
+            break
+        if _usable(cyc, pid, job):
+            hopeful.add(pid)
+    if not hopeful:
+        cyc.no_victims.append((engine, k, mem))
+        return Reason.NO_ROOM
+    freeing = snap.freeing
+    if freeing:
+        for pid in sorted({pid for pid, _ in freeing} & hopeful):
+            if _mask(cyc, pid, mem, k, freeing):
+                return Reason.EVICTING
+    avail: dict[DeviceKey, int] = {}  # free + freeing + freed by candidates so far
+    fitting: dict[str, int] = {}  # hopeful pool -> devices with avail >= mem
+    candidates: dict[str, list[WorkerView]] = {}
+    for w in snap.idle_lru:
+        pid = w.pool_id
+        if pid not in hopeful:
+            continue
+        n = fitting.get(pid)
+        if n is None:
+            n = 0
+            for d in snap.devices_by_free[pid]:
+                key = (pid, d)
+                a = avail[key] = cyc.free(key) + freeing.get(key, 0)
+                n += a >= mem
+        if w.worker_id in cyc.claimed or not w.memory_bytes or snap.is_pinned(w):
+            fitting[pid] = n
+            continue
+        candidates.setdefault(pid, []).append(w)
+        for d in w.device_ids:
+            key = (pid, d)
+            a = avail.get(key)
+            if a is not None:
+                avail[key] = a + w.memory_bytes
+                n += a < mem <= a + w.memory_bytes
+        fitting[pid] = n
+        if n < k:
+            continue
+        mask = _mask(cyc, pid, mem, k, {key: a - cyc.free(key) for key, a in avail.items()
+                                         if key[0] == pid})
+        needy = {d for d in mask if cyc.free((pid, d)) + freeing.get((pid, d), 0) < mem}
+        for v in candidates[pid]:
+            if needy.intersection(v.device_ids):
+                cyc.claimed.add(v.worker_id)
+                out.append(StopWorker(v.worker_id, f"least recently used idle worker; "
+                                                   f"making room for {m} on {pid}"))
+        return Reason.EVICTING
+    cyc.no_victims.append((engine, k, mem))
+    return Reason.NO_ROOM
+
+
+def _usable(cyc: _Cycle, pid: str, job: JobView) -> bool:
+    """Could the pool ever hold the model: available, engine, k devices big enough."""
+    pool = cyc.snap.pools.get(pid)
+    if pool is None or not pool.available or job.engine not in pool.engines:
+        return False
+    return sum(d.total_bytes >= job.memory_estimate for d in pool.devices) >= job.device_count
+
+
+def _mask(cyc: _Cycle, pid: str, mem: int, k: int,
+          extra: Mapping[DeviceKey, int]) -> tuple[str, ...]:
+    """The k devices with the most room counting `extra` bytes; () if they do not fit."""
+    avail = sorted(((cyc.free((pid, d)) + extra.get((pid, d), 0), d)
+                    for d in cyc.snap.devices_by_free[pid]), key=lambda r: (-r[0], r[1]))
+    if len(avail) < k or avail[k - 1][0] < mem:
+        return ()
+    return tuple(d for _, d in avail[:k])
+
+
+__all__ = ["decide", "Reason", "Placed", "Unplaced"]

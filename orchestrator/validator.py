@@ -1,53 +1,96 @@
 """One validator for every decision, built-in or scripted, before it is carried out.
 
-Refuses: dispatch of a job that is not queued, to a worker that is missing, not ready,
-already claimed this cycle or serving another model; a start on a missing or
-unavailable pool, unknown devices, or one that overcommits a device's memory.
+Decisions are checked in list order against the snapshot plus what earlier accepted
+decisions of the same cycle claimed (workers, jobs, device memory) or released
+(memory of workers stopped by a StopWorker). Refuses, with the reason:
+- Dispatch: a job that is not among the snapshot's eligible heads, not eligible yet
+  (not_before > now) or already dispatched this cycle; a worker that is missing, not
+  READY, already claimed or stopped this cycle, or serving another model.
+- StartWorker: a missing or unavailable pool, an engine the pool does not offer (when
+  the model has queued heads to tell), an empty mask, repeated or unknown devices, a
+  non-positive memory estimate, or memory overcommitted on any device of the mask.
+- StopWorker: a missing worker, one that is not idle (READY) or already claimed this
+  cycle, or one serving a pinned model on its pinned devices.
+- Preload / EvictModel: a missing or unavailable pool; evicting a pinned model's files
+  from a pool it is pinned on.
+Accepted decisions come back with "".
 """
 
 from __future__ import annotations
 
-from orchestrator.snapshot import Decision, Dispatch, Snapshot, StartWorker, Wait
+from orchestrator.snapshot import (Decision, DeviceKey, Dispatch, EvictModel, Preload,
+                                   Snapshot, StartWorker, StopWorker, Wait)
 from orchestrator.types import WorkerPhase
 
 
 def validate(snap: Snapshot, decisions: list[Decision]) -> list[tuple[Decision, str]]:
     """Return (decision, "") for accepted ones and (decision, why) for refused ones."""
-    jobs = {j.job_id: j for j in snap.jobs}
-    workers = {w.worker_id: w for w in snap.workers}
-    pools = {p.pool_id: p for p in snap.pools}
-    free = {(p.pool_id, d.device_id): d.free_bytes for p in snap.pools for d in p.devices}
+    heads = {j.job_id: j for js in snap.queued.values() for j in js}
+    engines = {m: js[0].engine for m, js in snap.queued.items()}
+    freed: dict[DeviceKey, int] = {}
+    used: dict[DeviceKey, int] = {}
     claimed_jobs: set[str] = set()
     claimed_workers: set[str] = set()
     out: list[tuple[Decision, str]] = []
     for d in decisions:
         why = ""
         if isinstance(d, Dispatch):
-            job, w = jobs.get(d.job_id), workers.get(d.worker_id)
+            job, w = heads.get(d.job_id), snap.workers.get(d.worker_id)
             if job is None or d.job_id in claimed_jobs:
-                why = "job is not queued or already dispatched this cycle"
+                why = "job is not queued among this cycle's heads or already dispatched this cycle"
+            elif job.not_before > snap.now:
+                why = "job is not eligible yet (retry backoff)"
             elif w is None:
                 why = "worker does not exist"
-            elif w.phase is not WorkerPhase.READY or d.worker_id in claimed_workers:
+            elif w.phase is not WorkerPhase.READY:
                 why = f"worker is {w.phase.value}, not idle"
+            elif d.worker_id in claimed_workers:
+                why = "worker is already claimed this cycle, not idle"
             elif w.model_ref != job.model_ref:
                 why = "worker serves a different model"
             else:
                 claimed_jobs.add(d.job_id)
                 claimed_workers.add(d.worker_id)
         elif isinstance(d, StartWorker):
-            pool = pools.get(d.pool_id)
+            pool = snap.pools.get(d.pool_id)
+            keys = [(d.pool_id, dev) for dev in d.device_ids]
             if pool is None or not pool.available:
                 why = "pool is missing or unavailable"
-            elif not d.device_ids or len(set(d.device_ids)) != len(d.device_ids):
+            elif d.model_ref in engines and engines[d.model_ref] not in pool.engines:
+                why = f"pool does not offer engine {engines[d.model_ref]!r}"
+            elif not keys or len(set(keys)) != len(keys):
                 why = "device mask is empty or repeats a device"
-            elif any((d.pool_id, dev) not in free for dev in d.device_ids):
+            elif any(k not in snap.devices for k in keys):
                 why = "unknown device in mask"
-            elif any(free[(d.pool_id, dev)] < d.memory_estimate for dev in d.device_ids):
-                why = "would overcommit device memory"
+            elif d.memory_estimate <= 0:
+                why = "memory estimate must be positive"
             else:
-                for dev in d.device_ids:
-                    free[(d.pool_id, dev)] -= d.memory_estimate
+                short = [k[1] for k in keys if snap.devices[k].free_bytes + freed.get(k, 0)
+                         - used.get(k, 0) < d.memory_estimate]
+                if short:
+                    why = f"would overcommit device memory on {', '.join(short)}"
+                else:
+                    for k in keys:
+                        used[k] = used.get(k, 0) + d.memory_estimate
+        elif isinstance(d, StopWorker):
+            w = snap.workers.get(d.worker_id)
+            if w is None:
+                why = "worker does not exist"
+            elif w.phase is not WorkerPhase.READY or d.worker_id in claimed_workers:
+                why = f"worker is {w.phase.value} or claimed this cycle, not idle"
+            elif snap.is_pinned(w):
+                why = f"worker serves pinned model {w.model_ref} on its pinned devices"
+            else:
+                claimed_workers.add(d.worker_id)
+                for dev in w.device_ids:
+                    freed[(w.pool_id, dev)] = freed.get((w.pool_id, dev), 0) + w.memory_bytes
+        elif isinstance(d, (Preload, EvictModel)):
+            pool = snap.pools.get(d.pool_id)
+            if pool is None or not pool.available:
+                why = "pool is missing or unavailable"
+            elif isinstance(d, EvictModel) and any(
+                    pid == d.pool_id for pid, _ in snap.pins.get(d.model_ref, ())):
+                why = f"model {d.model_ref} is pinned on {d.pool_id}"
         elif not isinstance(d, Wait):
             why = f"unknown decision {type(d).__name__}"
         out.append((d, why))

@@ -25,6 +25,7 @@ class CallbackServicer(worker_callback_pb2_grpc.WorkerCallbackServiceServicer):
             endpoint=request.endpoint, device_bytes=request.device_bytes, pid=request.pid,
             slots=request.slots or 1, engine_version=request.engine_version,
             model_digest=request.model_digest)
+        wp.info = info
         self.send(pool_link_pb2.ConnectRequest(worker_ready=pool_link_pb2.WorkerReady(
             worker=info, context_length=request.context_length, load_ms=request.load_ms)))
         return worker_callback_pb2.ReportReadyResponse()

@@ -60,7 +60,7 @@ class PoolLink:
             pending = [m for m in self._drain() if m.WhichOneof("message") == "worker_exited"]
             registration = pool_link_pb2.ConnectRequest(registration=pool_link_pb2.PoolRegistration(
                 pool_id=self.cfg.id, version=VERSION, inventory=self.inventory(),
-                address=self.callback_address))
+                address=self.callback_address, workers=self.worker_infos()))
             call = stub.Connect(self._upward(registration, pending))
             heartbeat = None
             try:
@@ -91,19 +91,27 @@ class PoolLink:
         while True:
             yield await self.outbox.get()
 
+    def worker_infos(self) -> list[common_pb2.WorkerInfo]:
+        out = []
+        for w in self.supervisor.workers.values():
+            if w.stopping:
+                continue
+            if w.info is not None:
+                out.append(w.info)
+            else:
+                out.append(common_pb2.WorkerInfo(
+                    worker_id=w.worker_id, model_ref=w.model_ref, engine=w.engine,
+                    device_ids=list(w.device_ids), pid=w.proc.pid,
+                    state=common_pb2.WORKER_STATE_STARTING))
+        return out
+
     async def _heartbeats(self, interval_ms: int) -> None:
         while True:
             await asyncio.sleep(interval_ms / 1000)
             self._seq += 1
-            workers = [common_pb2.WorkerInfo(worker_id=w.worker_id, model_ref=w.model_ref,
-                                             device_ids=list(w.device_ids), pid=w.proc.pid,
-                                             endpoint=w.endpoint,
-                                             state=common_pb2.WORKER_STATE_READY if w.ready
-                                             else common_pb2.WORKER_STATE_STARTING)
-                       for w in self.supervisor.workers.values()]
             inv = await asyncio.to_thread(self.inventory)
             self.send(pool_link_pb2.ConnectRequest(heartbeat=pool_link_pb2.PoolHeartbeat(
-                seq=self._seq, inventory=inv, workers=workers)))
+                seq=self._seq, inventory=inv, workers=self.worker_infos())))
 
     async def _execute(self, cmd: pool_link_pb2.PoolCommand) -> None:
         result = pool_link_pb2.CommandResult(command_id=cmd.command_id, ok=True)

@@ -1,16 +1,16 @@
 """Worker processes: spawn with a device mask, watch, stop (graceful, then forced), reap.
 
-Each worker is a separate OS process (`python -m worker`). The kernel is asked to send
-it SIGTERM if the pool manager itself dies (PR_SET_PDEATHSIG), so no worker outlives
-its manager. On exit the supervisor reports the exit code or signal and the last
-lines of stderr.
+Each worker is a separate OS process (`python -m worker`). A worker watches its parent
+and stops when it is re-parented, so no worker outlives its manager. (No preexec_fn
+here: running Python between fork and exec in a process with gRPC threads crashes the
+child with SIGSEGV/SIGABRT now and then.) On exit the supervisor reports the exit
+code or signal and the last lines of stderr.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import ctypes
 import os
 import signal
 import sys
@@ -19,19 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from common import log
-from llama_orch.v1 import errors_pb2, pool_link_pb2
+from llama_orch.v1 import common_pb2, errors_pb2, pool_link_pb2
 
 STDERR_TAIL_LINES = 20
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
-
-
 @dataclass(eq=False)
 class WorkerProcess:
     worker_id: str
@@ -46,6 +36,9 @@ class WorkerProcess:
     ready: bool = False
     reported_error: errors_pb2.ErrorDetail | None = None
     endpoint: str = ""
+    # What the worker announced when ready; re-announced when the link re-registers, so
+    # a restarted orchestrator adopts running workers instead of starting new ones.
+    info: common_pb2.WorkerInfo | None = None
 
 
 class Supervisor:
@@ -76,7 +69,7 @@ class Supervisor:
             args += ["--option", f"{key}={value}"]
         proc = await asyncio.create_subprocess_exec(
             *args, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE, preexec_fn=_die_with_parent)
+            stderr=asyncio.subprocess.PIPE)
         wp = WorkerProcess(cmd.worker_id, cmd.model_ref, cmd.engine, tuple(cmd.device_ids), proc)
         self.workers[cmd.worker_id] = wp
         asyncio.create_task(self._watch(wp))

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,7 +53,9 @@ class Stack:
     gateway_port: int = field(default_factory=free_port)
     orchestrator_port: int = field(default_factory=free_port)
     pool_port: int = field(default_factory=free_port)
-    extra_config: str = ""
+    metrics_port: int = field(default_factory=free_port)
+    extra_config: str = ""  # appended at the end (new tables)
+    orchestrator_extra: str = ""  # lines inside [orchestrator]
     proc: subprocess.Popen | None = None
 
     @property
@@ -76,6 +77,8 @@ data_dir = "{self.root / 'data'}"
 listen = "127.0.0.1:{self.gateway_port}"
 [orchestrator]
 listen = "127.0.0.1:{self.orchestrator_port}"
+metrics_listen = "127.0.0.1:{self.metrics_port}"
+{self.orchestrator_extra}
 [pool]
 listen = "127.0.0.1:{self.pool_port}"
 heartbeat_ms = 500
@@ -93,12 +96,10 @@ heartbeat_ms = 500
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"llama-orch up exited early:\n{self.logs()[-3000:]}")
-            try:
-                with urllib.request.urlopen(self.base_url + "/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.25)
+            # `up` announces itself once the gateway and the orchestrator both serve.
+            if "llama-orch is up" in self.logs():
+                return self
+            time.sleep(0.25)
         raise TimeoutError(f"stack not healthy in {timeout} s:\n{self.logs()[-3000:]}")
 
     def logs(self) -> str:

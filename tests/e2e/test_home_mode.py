@@ -241,3 +241,63 @@ def test_every_server_offers_health_and_reflection(stack, client):
         names = _services(address)
         assert service in names and "grpc.health.v1.Health" in names, (address, names)
         assert _serving(address)
+
+
+def _sse(lines):
+    """Parse SSE lines into (id, event, data) tuples."""
+    ev = {}
+    for line in lines:
+        if line == "":
+            if "data" in ev:
+                yield ev.get("id"), ev.get("event"), json.loads(ev["data"])
+            ev = {}
+        elif not line.startswith(":"):
+            key, _, value = line.partition(": ")
+            ev[key] = value
+
+
+def test_v2_resume_with_last_event_id_gives_exactly_the_missed_events(stack):
+    import httpx
+    with httpx.Client(base_url=stack.base_url, timeout=60) as http:
+        created = http.post("/v2/tasks", json={"model": "tiny", "prompt": "The Lion and the Mouse.",
+                                               "max_tokens": 200, "seed": 5, "detach": True},
+                            headers={"Idempotency-Key": "resume-test-1"})
+        assert created.status_code == 202, created.text
+        job_id = created.json()["id"]
+        again = http.post("/v2/tasks", json={"model": "tiny", "prompt": "The Lion and the Mouse.",
+                                             "max_tokens": 200, "seed": 5, "detach": True},
+                          headers={"Idempotency-Key": "resume-test-1"})
+        assert again.json()["id"] == job_id and again.json()["existing"] is True
+        first = []
+        with http.stream("GET", f"/v2/tasks/{job_id}/events") as resp:
+            for item in _sse(resp.iter_lines()):
+                first.append(item)
+                if len(first) == 4:
+                    break  # the client goes away mid-stream
+        last_id = first[-1][0]
+        with http.stream("GET", f"/v2/tasks/{job_id}/events", headers={"Last-Event-ID": last_id}) as resp:
+            rest = list(_sse(resp.iter_lines()))
+        with http.stream("GET", f"/v2/tasks/{job_id}/events") as resp:
+            full = list(_sse(resp.iter_lines()))
+        assert rest and rest[-1][1] in ("end", "error")
+        assert [i for i, _, _ in first + rest] == [i for i, _, _ in full]
+        assert first + rest == full
+        assert [int(i) for i, _, _ in full] == list(range(1, len(full) + 1))
+        bad = http.get(f"/v2/tasks/{job_id}/events", headers={"Last-Event-ID": "x1"})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "Last-Event-ID"
+        beyond = http.get(f"/v2/tasks/{job_id}/events", headers={"Last-Event-ID": str(len(full) + 5)})
+        assert beyond.status_code == 400 and beyond.json()["error"]["code"] == "resume_out_of_range"
+        gone = http.delete("/v2/tasks/job-doesnotexist")
+        assert gone.status_code == 404
+        done = http.delete(f"/v2/tasks/{job_id}")  # cancelling a finished job: its outcome
+        assert done.status_code == 200 and done.json()["status"] == "succeeded"
+
+
+def test_metrics_carry_the_orchestrator_and_the_gateway(stack, client):
+    client.completions.create(model="tiny", prompt="the fox", max_tokens=1)
+    text = urllib.request.urlopen(stack.base_url + "/metrics", timeout=10).read().decode()
+    for name in ("orchd_queue_depth", "orchd_admissions_total", "orchd_scheduling_latency_ms_bucket",
+                 "orchd_dispatches_total", "orchd_retries_total"):
+        assert name in text, name
+    assert 'component="orchestrator"' in text and 'component="gateway"' in text
+    assert "job-" not in text  # no job ids as labels

@@ -2,53 +2,174 @@
 
 import pytest
 
-from orchestrator.scheduler import decide
+from orchestrator.estimates import ModelEstimate
+from orchestrator.scheduler import Reason, decide
 from orchestrator.snapshot import (DeviceView, Dispatch, JobView, PoolView, Snapshot,
-                                   StartWorker, Wait, WorkerView)
+                                   StartAdvice, StartWorker, StopWorker, UnservableAdvice,
+                                   Wait, WorkerView)
 from orchestrator.types import Priority, WorkerPhase
 
 GB = 1 << 30
-M1, M2 = "file:/m1", "file:/m2"
+M1, M2, M3 = "file:/m1", "file:/m2", "file:/m3"
+READY, BUSY, STARTING, STOPPING = (WorkerPhase.READY, WorkerPhase.BUSY, WorkerPhase.STARTING,
+                                   WorkerPhase.STOPPING)
+BATCH = Priority.BATCH
+S = Snapshot.of
 
 
-def job(i, model=M1, prio=Priority.INTERACTIVE, mem=GB, devices=1):
-    return JobView(f"j{i}", model, prio, i, mem, devices)
+def job(i, model=M1, prio=Priority.INTERACTIVE, mem=GB, devices=1, not_before=0.0, engine="hf"):
+    return JobView(f"j{i}", model, prio, i, mem, devices, engine, not_before)
 
 
-def worker(i, model=M1, phase=WorkerPhase.READY, last_used=0.0, pool="p1", devs=("g0",)):
-    return WorkerView(f"w{i}", pool, model, phase, devs, last_used)
+def worker(i, model=M1, phase=READY, last_used=0.0, pool="p1", devs=("g0",), mem=GB):
+    return WorkerView(f"w{i}", pool, model, phase, devs, last_used, mem)
 
 
-def pool(pid="p1", free=(8 * GB,), available=True):
-    return PoolView(pid, available, tuple(DeviceView(f"g{i}", 8 * GB, f) for i, f in enumerate(free)))
+def pool(pid="p1", free=(8 * GB,), available=True, engines=("hf",)):
+    return PoolView(pid, available, tuple(DeviceView(f"g{i}", 8 * GB, f) for i, f in enumerate(free)),
+                    engines)
 
+
+def start(model, pool_id, devs, mem=GB, why=None):
+    return StartWorker(model, pool_id, devs, mem, why or f"no worker for {model}; most free memory on {pool_id}")
+
+
+def stop(wid, model, pool_id="p1"):
+    return StopWorker(wid, f"least recently used idle worker; making room for {model} on {pool_id}")
+
+
+def go(j, w):
+    return Dispatch(j, w, Reason.DISPATCH)
+
+
+EST = {M1: ModelEstimate(start_s=30.0, job_s=10.0)}
+ADVICE_WHY = "optimizer advice: idle devices on p1"
 
 CASES = [
-    pytest.param(Snapshot((job(1),), (worker(1),), (pool(),)),
-                 [Dispatch("j1", "w1", "idle worker with the model")], id="dispatch-to-idle"),
-    pytest.param(Snapshot((job(2, prio=Priority.BATCH), job(1)), (worker(1),), (pool(),)),
-                 [Dispatch("j1", "w1", "idle worker with the model"),
-                  Wait("j2", "all workers for the model are busy or starting")],
-                 id="interactive-before-batch"),
-    pytest.param(Snapshot((job(1), job(2)), (worker(1),), (pool(),)),
-                 [Dispatch("j1", "w1", "idle worker with the model"),
-                  Wait("j2", "all workers for the model are busy or starting")], id="fifo-in-class"),
-    pytest.param(Snapshot((job(1),), (worker(1, model=M2),), (pool(free=(8 * GB, 2 * GB)),)),
-                 [StartWorker(M1, "p1", ("g0",), GB, f"no worker for {M1}; most free memory on p1"),
-                  Wait("j1", "worker starting")], id="affinity-start-on-most-free"),
-    pytest.param(Snapshot((job(1),), (worker(1, phase=WorkerPhase.STARTING),), (pool(),)),
-                 [Wait("j1", "all workers for the model are busy or starting")], id="wait-for-starting"),
-    pytest.param(Snapshot((job(1, mem=9 * GB),), (), (pool(),)),
-                 [Wait("j1", "no device has room for the model")], id="no-fit"),
-    pytest.param(Snapshot((job(1, mem=3 * GB, devices=2),), (), (pool(free=(4 * GB, 1 * GB, 5 * GB)),)),
-                 [StartWorker(M1, "p1", ("g2", "g0"), 3 * GB, f"no worker for {M1}; most free memory on p1"),
-                  Wait("j1", "worker starting")], id="two-device-mask-fits-every-device"),
-    pytest.param(Snapshot((job(1),), (), (pool(available=False),)),
-                 [Wait("j1", "no pool available")], id="no-pool"),
-    pytest.param(Snapshot((job(1),), (), (pool(),), now=10.0, start_backoff_until=((M1, 20.0),)),
-                 [Wait("j1", "worker start failed recently; backing off")], id="start-backoff"),
-    pytest.param(Snapshot((job(1),), (worker(1, last_used=5.0), worker(2, last_used=1.0)), (pool(),)),
-                 [Dispatch("j1", "w2", "idle worker with the model")], id="longest-idle-worker"),
+    # --- priorities, FIFO, affinity
+    pytest.param(S([job(1)], [worker(1)], [pool()]), [go("j1", "w1")], id="dispatch-to-idle"),
+    pytest.param(S([job(2, prio=BATCH), job(1)], [worker(1)], [pool()]),
+                 [go("j1", "w1"), Wait("j2", Reason.BUSY, M1, 1)], id="interactive-before-batch"),
+    pytest.param(S([job(1), job(2)], [worker(1)], [pool()]),
+                 [go("j1", "w1"), Wait("j2", Reason.BUSY, M1, 1)], id="fifo-in-class"),
+    pytest.param(S([job(1, prio=BATCH), job(2, model=M2)], [worker(1), worker(2, model=M2)], [pool()]),
+                 [go("j2", "w2"), go("j1", "w1")], id="models-in-head-job-order"),
+    pytest.param(S([job(1)], [worker(1, model=M2), worker(2, last_used=9.0)], [pool()]),
+                 [go("j1", "w2")], id="affinity-only-to-the-model"),
+    pytest.param(S([job(1)], [worker(1, last_used=5.0), worker(2, last_used=1.0)], [pool()]),
+                 [go("j1", "w2")], id="longest-idle-worker"),
+    # --- starts and placement
+    pytest.param(S([job(1)], [worker(1, model=M2)], [pool(free=(8 * GB, 2 * GB))]),
+                 [start(M1, "p1", ("g0",)), Wait("j1", Reason.STARTING, M1, 1)],
+                 id="start-on-most-free"),
+    pytest.param(S([job(1), job(2), job(3)], [], [pool()]),
+                 [start(M1, "p1", ("g0",)), Wait("j1", Reason.STARTING, M1, 3)],
+                 id="one-start-and-one-wait-per-model"),
+    pytest.param(S([job(1)], [worker(1, phase=STARTING)], [pool()]),
+                 [Wait("j1", Reason.STARTING, M1, 1)], id="wait-for-starting"),
+    pytest.param(S([job(1, mem=3 * GB, devices=2)], [], [pool(free=(4 * GB, 1 * GB, 5 * GB))]),
+                 [start(M1, "p1", ("g2", "g0"), 3 * GB), Wait("j1", Reason.STARTING, M1, 1)],
+                 id="two-device-mask-fits-every-device"),
+    pytest.param(S([job(1, mem=2 * GB, devices=2)], [],
+                   [pool("p1", (3 * GB, 3 * GB)), pool("p2", (7 * GB, 1 * GB)), pool("p3", (5 * GB, 6 * GB))]),
+                 [start(M1, "p3", ("g1", "g0"), 2 * GB), Wait("j1", Reason.STARTING, M1, 1)],
+                 id="least-loaded-pool-by-mask-room"),
+    pytest.param(S([job(1)], [], [pool("p2", (4 * GB,)), pool("p1", (4 * GB,))]),
+                 [start(M1, "p1", ("g0",)), Wait("j1", Reason.STARTING, M1, 1)], id="tie-lowest-pool-id"),
+    pytest.param(S([job(1)], [], [pool("p1", (8 * GB,), engines=("trtllm",)), pool("p2", (2 * GB,))]),
+                 [start(M1, "p2", ("g0",)), Wait("j1", Reason.STARTING, M1, 1)], id="pool-must-offer-engine"),
+    pytest.param(S([job(1, mem=6 * GB), job(2, model=M2, mem=6 * GB)], [], [pool()]),
+                 [start(M1, "p1", ("g0",), 6 * GB), Wait("j1", Reason.STARTING, M1, 1),
+                  Wait("j2", Reason.NO_ROOM, M2, 1)], id="reservations-within-a-cycle"),
+    pytest.param(S([job(2, mem=6 * GB), job(1, model=M2, mem=6 * GB, prio=BATCH)], [], [pool()]),
+                 [start(M1, "p1", ("g0",), 6 * GB), Wait("j2", Reason.STARTING, M1, 1),
+                  Wait("j1", Reason.NO_ROOM, M2, 1)], id="interactive-first-for-scarce-memory"),
+    pytest.param(S([job(1, mem=9 * GB)], [], [pool()]), [Wait("j1", Reason.NO_ROOM, M1, 1)], id="no-fit"),
+    pytest.param(S([job(1)], [], [pool(available=False)]), [Wait("j1", Reason.NO_POOL, M1, 1)], id="no-pool"),
+    pytest.param(S([job(1)], [], [pool()], now=10.0, start_backoff_until={M1: 20.0}),
+                 [Wait("j1", Reason.START_BACKOFF, M1, 1)], id="start-backoff"),
+    # --- retries
+    pytest.param(S([job(1, not_before=20.0)], [worker(1)], [pool()], now=10.0),
+                 [Wait("j1", Reason.RETRY_BACKOFF, M1, 1, 20.0)], id="retry-backoff-not-dispatched"),
+    pytest.param(S([job(1, not_before=5.0)], [worker(1)], [pool()], now=10.0),
+                 [go("j1", "w1")], id="retry-backoff-expired"),
+    pytest.param(S([job(1, not_before=30.0), job(2, not_before=20.0), job(3)], [worker(1)], [pool()], now=10.0),
+                 [go("j3", "w1"), Wait("j2", Reason.RETRY_BACKOFF, M1, 2, 20.0)],
+                 id="eligible-jobs-pass-jobs-in-backoff"),
+    # --- LRU eviction and pins
+    pytest.param(S([job(1, mem=6 * GB)],
+                   [worker(1, M2, last_used=5.0, mem=3 * GB), worker(2, M3, last_used=1.0, mem=4 * GB)],
+                   [pool(free=(1 * GB,))]),
+                 [stop("w2", M1), stop("w1", M1), Wait("j1", Reason.EVICTING, M1, 1)],
+                 id="lru-evicts-until-room"),
+    pytest.param(S([job(1, mem=6 * GB)],
+                   [worker(1, M2, last_used=5.0, mem=2 * GB), worker(2, M3, last_used=1.0, mem=5 * GB)],
+                   [pool(free=(1 * GB,))]),
+                 [stop("w2", M1), Wait("j1", Reason.EVICTING, M1, 1)], id="lru-evicts-least-recently-used"),
+    pytest.param(S([job(1, mem=5 * GB)],
+                   [worker(1, M2, last_used=5.0, devs=("g1",), mem=6 * GB),
+                    worker(2, M3, last_used=1.0, devs=("g0",), mem=6 * GB)],
+                   [pool(free=(2 * GB, 2 * GB))], pins={M3: {("p1", "g0")}}),
+                 [stop("w1", M1), Wait("j1", Reason.EVICTING, M1, 1)], id="pinned-never-evicted"),
+    pytest.param(S([job(1, mem=5 * GB)],
+                   [worker(1, M2, last_used=5.0, devs=("g1",), mem=6 * GB),
+                    worker(2, M3, last_used=1.0, devs=("g0",), mem=6 * GB)],
+                   [pool(free=(2 * GB, 2 * GB))], pins={M3: {("p1", "g1")}}),
+                 [stop("w2", M1), Wait("j1", Reason.EVICTING, M1, 1)], id="pin-covers-its-devices-only"),
+    pytest.param(S([job(1, mem=5 * GB)], [worker(1, M2, phase=BUSY, mem=6 * GB)], [pool(free=(2 * GB,))]),
+                 [Wait("j1", Reason.NO_ROOM, M1, 1)], id="busy-workers-not-evicted"),
+    pytest.param(S([job(1, mem=5 * GB)], [worker(1, M2, phase=STOPPING, mem=6 * GB),
+                                          worker(2, M3, mem=1 * GB)], [pool(free=(1 * GB,))]),
+                 [Wait("j1", Reason.EVICTING, M1, 1)], id="stopping-worker-frees-enough"),
+    pytest.param(S([job(1, mem=6 * GB)],
+                   [worker(1, M2, last_used=1.0, mem=3 * GB), worker(2, M2, last_used=2.0, pool="p2", mem=4 * GB)],
+                   [pool("p1", (2 * GB,)), pool("p2", (2 * GB,))]),
+                 [stop("w2", M1, "p2"), Wait("j1", Reason.EVICTING, M1, 1)], id="evicts-on-one-pool"),
+    pytest.param(S([job(1, mem=6 * GB), job(2, model=M2)], [worker(1, M2, mem=7 * GB)], [pool(free=(1 * GB,))]),
+                 [go("j2", "w1"), Wait("j1", Reason.NO_ROOM, M1, 1)], id="dispatched-worker-not-evicted"),
+    # --- learned estimates: start another only when waiting is slower
+    pytest.param(S([job(i) for i in range(3)], [worker(1, phase=BUSY)], [pool()], estimates=EST),
+                 [Wait("j0", Reason.WAIT_FASTER, M1, 3)], id="busy-waiting-is-faster"),
+    pytest.param(S([job(i) for i in range(10)], [worker(1, phase=BUSY)], [pool(free=(2 * GB, 7 * GB))],
+                   estimates=EST),
+                 [start(M1, "p1", ("g1",), why="10 queued for 1 workers: expected wait 100 s > start 30 s; "
+                                               "most free memory on p1"),
+                  Wait("j0", Reason.START_ANOTHER, M1, 10)], id="busy-start-another"),
+    pytest.param(S([job(i) for i in range(10)], [worker(1, phase=BUSY), worker(2, M2, mem=7 * GB)],
+                   [pool(free=(0,))], estimates=EST),
+                 [Wait("j0", Reason.BUSY_NO_ROOM, M1, 10)], id="busy-start-never-evicts"),
+    pytest.param(S([job(i) for i in range(10)], [worker(1, phase=BUSY)], [pool()],
+                   now=5.0, start_backoff_until={M1: 9.0}, estimates=EST),
+                 [Wait("j0", Reason.START_BACKOFF, M1, 10)], id="busy-start-backoff"),
+    pytest.param(S([job(i) for i in range(10)], [worker(1, phase=BUSY)], [pool()]),
+                 [Wait("j0", Reason.BUSY, M1, 10)], id="busy-without-estimate-waits"),
+    pytest.param(S([job(i) for i in range(4)], [worker(1)], [pool()], estimates=EST),
+                 [go("j0", "w1"), Wait("j1", Reason.WAIT_FASTER, M1, 3)], id="dispatched-this-cycle-count-as-busy"),
+    # --- the optimizer's advice
+    pytest.param(S([job(1), job(2)], [worker(1, phase=BUSY)], [pool(free=(7 * GB, 8 * GB, 3 * GB))],
+                   advice=[StartAdvice(M1, "p1", ("g2",))]),
+                 [start(M1, "p1", ("g2",), why=ADVICE_WHY), Wait("j1", Reason.START_ANOTHER, M1, 2)],
+                 id="start-advice-on-idle-device"),
+    pytest.param(S([job(1), job(2)], [worker(1, phase=BUSY)], [pool(free=(7 * GB,))],
+                   advice=[StartAdvice(M1, "p1", ("g0",))]),
+                 [Wait("j1", Reason.BUSY, M1, 2)], id="stale-start-advice-ignored"),
+    pytest.param(S([job(1)], [], [pool(free=(8 * GB, 2 * GB))], advice=[StartAdvice(M1, "p1", ("g1",))]),
+                 [start(M1, "p1", ("g1",), why=f"no worker for {M1}; optimizer advice: idle devices on p1"),
+                  Wait("j1", Reason.STARTING, M1, 1)], id="start-advice-places-a-first-worker"),
+    pytest.param(S([job(i) for i in range(10)], [worker(1, phase=BUSY), worker(2, phase=STARTING, devs=("g1",))],
+                   [pool(free=(7 * GB, 7 * GB, 7 * GB))], estimates=EST),
+                 [Wait("j0", Reason.STARTING, M1, 10)], id="one-extra-start-in-flight-at-a-time"),
+    pytest.param(S([job(i) for i in range(10)], [worker(1, phase=BUSY)], [pool(free=(7 * GB, 2 * GB))],
+                   estimates=EST),
+                 [start(M1, "p1", ("g1",), why="10 queued for 1 workers: expected wait 100 s > start 30 s; "
+                                               "most free memory on p1"),
+                  Wait("j0", Reason.START_ANOTHER, M1, 10)], id="another-worker-on-a-device-without-the-model"),
+    pytest.param(S([job(i) for i in range(10)], [worker(1, phase=BUSY)], [pool(free=(7 * GB,))], estimates=EST),
+                 [Wait("j0", Reason.BUSY_NO_ROOM, M1, 10)], id="no-second-replica-on-the-same-device"),
+    pytest.param(S([job(i) for i in range(2)], [worker(1, phase=STARTING)], [pool()], estimates=EST),
+                 [Wait("j0", Reason.STARTING, M1, 2)], id="starting-only-short-queue-waits"),
+    pytest.param(S([job(1)], [], [pool()], advice=[UnservableAdvice(M1, "too big")]),
+                 [Wait("j1", Reason.UNSERVABLE, M1, 1)], id="unservable-advice"),
 ]
 
 
@@ -59,5 +180,13 @@ def test_decide(snap, expected):
 
 
 def test_one_wait_per_model_and_reason_for_deep_queues():
-    snap = Snapshot(tuple(job(i) for i in range(1000)), (worker(1, phase=WorkerPhase.BUSY),), (pool(),))
-    assert decide(snap) == [Wait("j0", "all workers for the model are busy or starting")]
+    snap = S([job(i) for i in range(1000)] + [job(2000 + i, not_before=9.0) for i in range(50)],
+             [worker(1, phase=BUSY)], [pool()], now=1.0)
+    assert decide(snap) == [Wait("j0", Reason.BUSY, M1, 1000),
+                            Wait("j2000", Reason.RETRY_BACKOFF, M1, 50, 9.0)]
+
+
+def test_only_heads_reach_the_snapshot():
+    snap = S([job(i) for i in range(1000)], [worker(1), worker(2)], [pool()])
+    assert len(snap.queued[M1]) < 10 and snap.queued_total[M1] == 1000
+    assert decide(snap)[:2] == [go("j0", "w1"), go("j1", "w2")]

@@ -1,44 +1,96 @@
+import dataclasses
+from types import MappingProxyType
+
 import pytest
 
-from orchestrator.snapshot import (DeviceView, Dispatch, JobView, PoolView, Snapshot,
-                                   StartWorker, Wait, WorkerView)
+from orchestrator.scheduler import decide
+from orchestrator.snapshot import (DeviceView, Dispatch, EvictModel, JobView, PoolView, Preload,
+                                   Snapshot, StartWorker, StopWorker, Wait, WorkerView)
 from orchestrator.types import Priority, WorkerPhase
 from orchestrator.validator import validate
 
 GB = 1 << 30
-SNAP = Snapshot(
-    (JobView("j1", "m1", Priority.INTERACTIVE, 1, GB), JobView("j2", "m1", Priority.INTERACTIVE, 2, GB)),
-    (WorkerView("w1", "p1", "m1", WorkerPhase.READY, ("g0",)),
-     WorkerView("w2", "p1", "m1", WorkerPhase.BUSY, ("g1",)),
-     WorkerView("w3", "p1", "m2", WorkerPhase.READY, ("g1",))),
-    (PoolView("p1", True, (DeviceView("g0", 8 * GB, 4 * GB), DeviceView("g1", 8 * GB, 2 * GB))),
-     PoolView("p2", False, (DeviceView("g0", 8 * GB, 8 * GB),))))
+I = Priority.INTERACTIVE
+SNAP = Snapshot.of(
+    [JobView("j1", "m1", I, 1, GB), JobView("j2", "m1", I, 2, GB),
+     JobView("j3", "m1", I, 3, GB, not_before=50.0)],
+    [WorkerView("w1", "p1", "m1", WorkerPhase.READY, ("g0",), memory_bytes=GB),
+     WorkerView("w2", "p1", "m1", WorkerPhase.BUSY, ("g1",), memory_bytes=GB),
+     WorkerView("w3", "p1", "m2", WorkerPhase.READY, ("g1",), memory_bytes=2 * GB),
+     WorkerView("w4", "p1", "m3", WorkerPhase.READY, ("g0",), memory_bytes=GB),
+     WorkerView("w5", "p1", "m1", WorkerPhase.STARTING, ("g0",), memory_bytes=GB)],
+    [PoolView("p1", True, (DeviceView("g0", 8 * GB, 4 * GB), DeviceView("g1", 8 * GB, 2 * GB))),
+     PoolView("p2", False, (DeviceView("g0", 8 * GB, 8 * GB),)),
+     PoolView("p3", True, (DeviceView("g0", 8 * GB, 8 * GB),), engines=("trtllm",))],
+    now=10.0, pins={"m3": {("p1", "g0")}})
 
 
 @pytest.mark.parametrize("decisions,refusal", [
     pytest.param([Dispatch("j1", "w1", "")], "", id="ok-dispatch"),
     pytest.param([Dispatch("jX", "w1", "")], "job is not queued", id="unknown-job"),
+    pytest.param([Dispatch("j3", "w1", "")], "job is not queued", id="job-in-backoff-not-a-head"),
     pytest.param([Dispatch("j1", "wX", "")], "worker does not exist", id="missing-worker"),
     pytest.param([Dispatch("j1", "w2", "")], "worker is busy", id="busy-worker"),
+    pytest.param([Dispatch("j1", "w5", "")], "worker is starting", id="starting-worker"),
     pytest.param([Dispatch("j1", "w3", "")], "different model", id="wrong-model"),
     pytest.param([StartWorker("m1", "p1", ("g0",), 3 * GB, "")], "", id="ok-start"),
     pytest.param([StartWorker("m1", "p1", ("g1",), 3 * GB, "")], "overcommit", id="overcommit"),
+    pytest.param([StartWorker("m1", "p1", ("g0", "g1"), 3 * GB, "")], "overcommit device memory on g1",
+                 id="overcommit-any-device-of-mask"),
+    pytest.param([StartWorker("m1", "p1", ("g0", "g1"), 2 * GB, "")], "", id="ok-two-device-mask"),
     pytest.param([StartWorker("m1", "p2", ("g0",), GB, "")], "unavailable", id="unavailable-pool"),
+    pytest.param([StartWorker("m1", "p9", ("g0",), GB, "")], "missing", id="missing-pool"),
+    pytest.param([StartWorker("m1", "p3", ("g0",), GB, "")], "engine 'hf'", id="engine-not-offered"),
     pytest.param([StartWorker("m1", "p1", ("g9",), GB, "")], "unknown device", id="unknown-device"),
     pytest.param([StartWorker("m1", "p1", ("g0", "g0"), GB, "")], "repeats", id="repeated-device"),
+    pytest.param([StartWorker("m1", "p1", (), GB, "")], "empty", id="empty-mask"),
+    pytest.param([StartWorker("m1", "p1", ("g0",), 0, "")], "positive", id="no-memory-estimate"),
+    pytest.param([StopWorker("w3", "")], "", id="ok-stop"),
+    pytest.param([StopWorker("wX", "")], "does not exist", id="stop-missing"),
+    pytest.param([StopWorker("w2", "")], "busy", id="stop-busy"),
+    pytest.param([StopWorker("w4", "")], "pinned", id="stop-pinned"),
     pytest.param([Wait("j1", "x")], "", id="wait"),
+    pytest.param([Preload("p1", "m2", "")], "", id="ok-preload"),
+    pytest.param([Preload("p2", "m2", "")], "unavailable", id="preload-unavailable-pool"),
+    pytest.param([EvictModel("p1", "m3", "")], "pinned", id="evict-pinned-model"),
+    pytest.param([EvictModel("p1", "m2", "")], "", id="ok-evict-model"),
+    pytest.param(["nonsense"], "unknown decision", id="unknown-decision"),
 ])
 def test_single_decision(decisions, refusal):
     [(_, why)] = validate(SNAP, decisions)
     assert (refusal in why) if refusal else why == ""
 
 
-def test_worker_claimed_twice_in_one_cycle_is_refused():
-    out = validate(SNAP, [Dispatch("j1", "w1", ""), Dispatch("j2", "w1", "")])
-    assert [why for _, why in out][0] == "" and "not idle" in out[1][1]
+@pytest.mark.parametrize("decisions,refusals", [
+    pytest.param([Dispatch("j1", "w1", ""), Dispatch("j2", "w1", "")], ["", "already claimed"],
+                 id="worker-claimed-twice"),
+    pytest.param([Dispatch("j1", "w1", ""), Dispatch("j1", "w1", "")], ["", "already dispatched"],
+                 id="job-dispatched-twice"),
+    pytest.param([StartWorker("m1", "p1", ("g0",), 3 * GB, ""), StartWorker("m2", "p1", ("g0",), 3 * GB, "")],
+                 ["", "overcommit"], id="memory-reserved-across-decisions"),
+    pytest.param([StopWorker("w3", ""), StartWorker("m1", "p1", ("g1",), 4 * GB, "")], ["", ""],
+                 id="stop-frees-memory-for-a-later-start"),
+    pytest.param([StartWorker("m1", "p1", ("g1",), 4 * GB, ""), StopWorker("w3", "")], ["overcommit", ""],
+                 id="stop-after-start-frees-nothing-for-it"),
+    pytest.param([StopWorker("w1", ""), Dispatch("j1", "w1", "")], ["", "already claimed"],
+                 id="dispatch-to-stopped-worker"),
+    pytest.param([Dispatch("j1", "w1", ""), StopWorker("w1", "")], ["", "claimed this cycle"],
+                 id="stop-a-dispatched-worker"),
+])
+def test_decisions_in_one_cycle(decisions, refusals):
+    got = [why for _, why in validate(SNAP, decisions)]
+    assert len(got) == len(refusals)
+    for why, refusal in zip(got, refusals):
+        assert (refusal in why) if refusal else why == ""
 
 
-def test_memory_is_reserved_across_decisions_in_a_cycle():
-    out = validate(SNAP, [StartWorker("m1", "p1", ("g0",), 3 * GB, ""),
-                          StartWorker("m2", "p1", ("g0",), 3 * GB, "")])
-    assert out[0][1] == "" and "overcommit" in out[1][1]
+def test_job_not_yet_eligible_is_refused_even_among_heads():
+    early = JobView("j3", "m1", I, 3, GB, not_before=50.0)
+    snap = dataclasses.replace(SNAP, queued=MappingProxyType({"m1": (early,)}))
+    [(_, why)] = validate(snap, [Dispatch("j3", "w1", "")])
+    assert "not eligible" in why
+
+
+def test_the_built_in_policy_passes_its_own_validator():
+    out = validate(SNAP, decide(SNAP))
+    assert out and all(why == "" for _, why in out)

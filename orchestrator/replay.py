@@ -1,0 +1,71 @@
+"""Replays of retried jobs: the client never receives a token twice.
+
+A retried job runs again with the same seed. Its tokens are compared with what the
+client already received: the matching prefix is suppressed; past it, only new tokens
+are sent. If a token differs, the stream carries one JobDivergence (token index and
+character offset where the texts part) and then the new attempt's tokens from that
+point, which replace what was sent after it. Tracked per choice.
+
+Invariant: for each choice, `sent_ids`/`sent_text` are exactly what the client has
+(after applying any divergence).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from llama_orch.v1 import events_pb2
+
+
+@dataclass
+class _Choice:
+    sent_ids: list[int] = field(default_factory=list)
+    sent_text: str = ""
+    ids: list[int] = field(default_factory=list)  # this attempt
+    text: str = ""
+    diverged: bool = False
+
+
+@dataclass
+class Replay:
+    choices: dict[int, _Choice] = field(default_factory=dict)
+
+    def begin_attempt(self) -> None:
+        for c in self.choices.values():
+            c.ids, c.text, c.diverged = [], "", False
+
+    def attempt_text(self, index: int = 0) -> str:
+        c = self.choices.get(index)
+        return c.text if c else ""
+
+    def on_tokens(self, tokens: events_pb2.JobTokens) -> list[dict]:
+        """Events to append for one worker `tokens` message, as JobRecord.append kwargs."""
+        c = self.choices.setdefault(tokens.choice_index, _Choice())
+        start = len(c.ids)
+        c.ids.extend(tokens.token_ids)
+        c.text += tokens.text
+        if c.diverged:
+            return [self._send(c, tokens.choice_index, list(tokens.token_ids), tokens.text)]
+        for at in range(start, min(len(c.ids), len(c.sent_ids))):
+            if c.ids[at] != c.sent_ids[at]:
+                return self._diverge(c, tokens.choice_index, at)
+        if len(c.ids) <= len(c.sent_ids):
+            return []  # still inside what the client has
+        return [self._send(c, tokens.choice_index, c.ids[len(c.sent_ids):],
+                           c.text[len(c.sent_text):])]
+
+    def _diverge(self, c: _Choice, index: int, at: int) -> list[dict]:
+        c.diverged = True
+        offset = len(os.path.commonprefix([c.sent_text, c.text]))
+        c.sent_ids, c.sent_text = c.sent_ids[:at], c.sent_text[:offset]
+        note = events_pb2.JobDivergence(
+            token_index=at, message=f"the retry differs from token {at} (character {offset}) on; "
+            "what follows replaces what was sent after that point")
+        return [{"divergence": note}, self._send(c, index, c.ids[at:], c.text[offset:])]
+
+    @staticmethod
+    def _send(c: _Choice, index: int, ids: list[int], text: str) -> dict:
+        c.sent_ids.extend(ids)
+        c.sent_text += text
+        return {"tokens": events_pb2.JobTokens(choice_index=index, token_ids=ids, text=text)}

@@ -1,0 +1,59 @@
+from llama_orch.v1 import events_pb2 as E
+from orchestrator.replay import Replay
+
+
+def tok(ids, text, choice=0):
+    return E.JobTokens(token_ids=ids, text=text, choice_index=choice)
+
+
+def kinds(out):
+    return [next(iter(e)) for e in out]
+
+
+def test_first_attempt_passes_everything_through():
+    r = Replay()
+    out = r.on_tokens(tok([1, 2], " a b"))
+    assert kinds(out) == ["tokens"] and list(out[0]["tokens"].token_ids) == [1, 2]
+
+
+def test_identical_replay_sends_only_what_is_new():
+    r = Replay()
+    r.on_tokens(tok([1], " a"))
+    r.on_tokens(tok([2], " b"))
+    r.begin_attempt()
+    assert r.on_tokens(tok([1], " a")) == []
+    assert r.on_tokens(tok([2], " b")) == []
+    [out] = r.on_tokens(tok([3, 4], " c d"))
+    assert list(out["tokens"].token_ids) == [3, 4] and out["tokens"].text == " c d"
+
+
+def test_replay_crossing_the_sent_boundary_inside_one_message():
+    r = Replay()
+    r.on_tokens(tok([1, 2], " a b"))
+    r.begin_attempt()
+    [out] = r.on_tokens(tok([1, 2, 3], " a b c"))
+    assert list(out["tokens"].token_ids) == [3] and out["tokens"].text == " c"
+
+
+def test_divergence_is_explicit_and_never_repeats_a_token():
+    r = Replay()
+    r.on_tokens(tok([1, 2, 3], " a b c"))
+    r.begin_attempt()
+    assert r.on_tokens(tok([1], " a")) == []
+    out = r.on_tokens(tok([9, 10], " x y"))
+    assert kinds(out) == ["divergence", "tokens"]
+    assert out[0]["divergence"].token_index == 1
+    # Texts part at character 3 (" a " is common): the client keeps " a " and appends.
+    assert "character 3" in out[0]["divergence"].message
+    assert list(out[1]["tokens"].token_ids) == [9, 10] and out[1]["tokens"].text == "x y"
+    # After diverging, the new attempt streams as is.
+    assert list(r.on_tokens(tok([11], " z"))[0]["tokens"].token_ids) == [11]
+
+
+def test_choices_are_tracked_separately():
+    r = Replay()
+    r.on_tokens(tok([1], " a", 0))
+    r.on_tokens(tok([5], " e", 1))
+    r.begin_attempt()
+    assert r.on_tokens(tok([1], " a", 0)) == []
+    assert kinds(r.on_tokens(tok([6], " f", 1))) == ["divergence", "tokens"]
