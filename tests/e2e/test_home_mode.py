@@ -301,3 +301,31 @@ def test_metrics_carry_the_orchestrator_and_the_gateway(stack, client):
         assert name in text, name
     assert 'component="orchestrator"' in text and 'component="gateway"' in text
     assert "job-" not in text  # no job ids as labels
+
+
+def test_a_detached_stream_outlives_its_client(stack, client):
+    stream = client.chat.completions.create(model="tiny", messages=CHAT, stream=True, max_tokens=300,
+                                            seed=11, extra_body={"detach": True})
+    first = next(iter(stream))
+    stream.close()  # the client goes away; a detached job keeps running
+    job_id = first.id.removeprefix("chatcmpl-")
+    deadline = time.monotonic() + 60
+    status = ""
+    while time.monotonic() < deadline:
+        body = json.loads(urllib.request.urlopen(f"{stack.base_url}/v2/tasks/{job_id}", timeout=10).read())
+        status = body["status"]
+        if status in ("succeeded", "failed", "cancelled"):
+            break
+        time.sleep(0.2)
+    assert status == "succeeded"
+
+
+def test_an_idempotency_key_reused_for_another_request_is_refused(stack):
+    import httpx
+    with httpx.Client(base_url=stack.base_url, timeout=30) as http:
+        a = http.post("/v2/tasks", json={"model": "tiny", "prompt": "the fox", "max_tokens": 2},
+                      headers={"Idempotency-Key": "conflict-1"})
+        b = http.post("/v2/tasks", json={"model": "tiny", "prompt": "the wolf", "max_tokens": 2},
+                      headers={"Idempotency-Key": "conflict-1"})
+    assert a.status_code == 202
+    assert b.status_code == 409 and b.json()["error"]["code"] == "idempotency_conflict"

@@ -15,6 +15,8 @@ __all__ = ["ENGINES", "Engine", "Step", "create"]
 # name -> "module:Class"; `trtllm` and `sim` slot in here.
 ENGINES: dict[str, str] = {
     "hf": "worker.engines.hf:HfEngine",
+    "trtllm": "worker.engines.trtllm:TrtllmEngine",
+    "sim": "worker.engines.sim:SimEngine",  # simulated; only ever by explicit --engine sim
 }
 
 
