@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["tiny_latency.py", "decide.py", "admissions.py"]
+BENCHES = ["tiny_latency.py", "decide.py", "admissions.py", "submit.py"]
 
 for bench in BENCHES:
     subprocess.run([sys.executable, str(HERE / bench), "--write"], check=True)

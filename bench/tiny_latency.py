@@ -122,7 +122,7 @@ def render(r: dict) -> str:
     return f"""<!-- tiny-latency:start -->
 ## `tiny`: direct on the worker vs through the gateway
 
-`python bench/tiny_latency.py --write` — one run (the 2 cores were shared with other test runs), {d['n']} sequential requests per path,
+`python bench/tiny_latency.py --write` — one run, {d['n']} sequential requests per path,
 {r['max_tokens']} new tokens each, same prompt and seeds, CPU worker (1 torch thread), {time.strftime('%Y-%m-%d')}.
 
 | path | TTFT p50 (ms) | TTFT p95 (ms) | tokens/s (mean) |
