@@ -24,6 +24,7 @@ def available_engines() -> list[str]:
         engines.append("hf")
     if importlib.util.find_spec("tensorrt_llm"):
         engines.append("trtllm")
+    engines.append("sim")  # always offered; only runs for models configured with engine "sim"
     return engines
 
 
