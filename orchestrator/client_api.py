@@ -15,14 +15,10 @@ import grpc
 from common.errors import OrchError
 from llama_orch.v1 import client_pb2, client_pb2_grpc, common_pb2
 from orchestrator.core import Orchestrator
+from orchestrator.jobs import STATE_OF_STATUS
 from orchestrator.types import JobState
 
-_STATUS_OF = {common_pb2.JOB_STATUS_QUEUED: JobState.QUEUED,
-              common_pb2.JOB_STATUS_DISPATCHED: JobState.DISPATCHED,
-              common_pb2.JOB_STATUS_RUNNING: JobState.RUNNING,
-              common_pb2.JOB_STATUS_SUCCEEDED: JobState.SUCCEEDED,
-              common_pb2.JOB_STATUS_FAILED: JobState.FAILED,
-              common_pb2.JOB_STATUS_CANCELLED: JobState.CANCELLED}
+_STATUS_OF = STATE_OF_STATUS
 
 
 def metadata(context: grpc.aio.ServicerContext, key: str) -> str:

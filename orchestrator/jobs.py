@@ -32,6 +32,10 @@ _STATUS = {
 }
 
 
+# The inverse: a stored or requested JobStatus -> the orchestrator's state.
+STATE_OF_STATUS = {status: state for state, status in _STATUS.items()}
+
+
 def new_job_id() -> str:
     return "job-" + uuid.uuid4().hex[:20]
 

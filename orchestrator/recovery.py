@@ -16,19 +16,14 @@ from common.errors import OrchError
 from llama_orch.v1 import common_pb2, events_pb2
 from orchestrator import admission
 from orchestrator.catalog import CatalogModel
-from orchestrator.jobs import JobRecord
+from orchestrator.jobs import STATE_OF_STATUS, JobRecord
 from orchestrator.store import JobRow
 from orchestrator.types import JobState
 
 if typing.TYPE_CHECKING:
     from orchestrator.core import Orchestrator
 
-_STATE = {common_pb2.JOB_STATUS_QUEUED: JobState.QUEUED,
-          common_pb2.JOB_STATUS_DISPATCHED: JobState.DISPATCHED,
-          common_pb2.JOB_STATUS_RUNNING: JobState.RUNNING,
-          common_pb2.JOB_STATUS_SUCCEEDED: JobState.SUCCEEDED,
-          common_pb2.JOB_STATUS_FAILED: JobState.FAILED,
-          common_pb2.JOB_STATUS_CANCELLED: JobState.CANCELLED}
+_STATE = STATE_OF_STATUS
 
 
 def _seconds(ts) -> float:
