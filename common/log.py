@@ -24,5 +24,10 @@ def emit(component: str, code: str, message: str = "", *, level: str = "info",
     if correlation_id:
         record["correlation_id"] = correlation_id
     record.update({k: v for k, v in fields.items() if v not in (None, "")})
-    sys.stderr.write(json.dumps(record, default=str, separators=(",", ":")) + "\n")
-    sys.stderr.flush()
+    try:
+        sys.stderr.write(json.dumps(record, default=str, separators=(",", ":")) + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        # stderr gone (a pipe to a dead parent, or closed): logging must never be the
+        # reason a process fails to stop or to serve.
+        pass

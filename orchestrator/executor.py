@@ -7,6 +7,7 @@ the worker died: WORKER_CRASHED (retryable).
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
@@ -66,6 +67,16 @@ async def relay(job: JobRecord, worker: WorkerRecord, outcome: Outcome, on_start
             elif kind == "error":
                 outcome.error = OrchError.from_detail(resp.error)
                 return
+    except asyncio.CancelledError:
+        # grpc.aio raises CancelledError, not AioRpcError, when we cancel the call
+        # ourselves (worker or pool gone, cancel grace over). Only a cancellation of
+        # this task itself (shutdown) propagates.
+        task = asyncio.current_task()
+        if not call.cancelled() or (task is not None and task.cancelling()):
+            raise
+        outcome.error = job.cancel_error if job.cancel_requested and job.cancel_error else OrchError(
+            "WORKER_CRASHED", f"worker {worker.worker_id} went away mid-stream")
+        return
     except grpc.aio.AioRpcError as exc:
         err = OrchError.from_rpc_error(exc)
         if err.code in ("UNAVAILABLE", "INTERNAL", "CANCELLED") and not job.cancel_requested:

@@ -180,9 +180,9 @@ async def _stop_when_orphaned(stop: asyncio.Event, worker_id: str) -> None:
     # would hold its devices forever. Being re-parented is the sign.
     while os.getppid() == _PARENT:
         await asyncio.sleep(ORPHAN_POLL_S)
+    stop.set()  # first: stderr was a pipe to the dead parent, so logging may fail
     emit("worker", "worker.orphaned", "parent process exited; stopping", level="warning",
          worker_id=worker_id)
-    stop.set()
 
 
 async def serve(args: argparse.Namespace) -> int:
