@@ -27,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.report import write_section  # noqa: E402
+
 from google.protobuf import timestamp_pb2  # noqa: E402
 
 from llama_orch.v1 import common_pb2  # noqa: E402
@@ -133,16 +135,7 @@ chat spec of ~200 characters, sampling, seed, idempotency key). {r['machine']},
 
 
 def write(result: dict) -> None:
-    doc = ROOT / "docs" / "BENCHMARKS.md"
-    text = doc.read_text() if doc.exists() else (
-        "# Benchmarks\n\nMeasured on this project's 2-core CI-class machine unless noted. "
-        "Ratios and percentiles come from one run each.\n")
-    if START in text and END in text:
-        text = text[:text.index(START)] + render(result) + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + render(result) + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text)
+    write_section("admissions", render(result))
 
 
 def main() -> None:

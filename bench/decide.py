@@ -30,6 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import write_section  # noqa: E402
+
 from orchestrator.estimates import ModelEstimate  # noqa: E402
 from orchestrator.queue_index import QueueIndex  # noqa: E402
 from orchestrator.scheduler import decide  # noqa: E402
@@ -261,15 +263,7 @@ def main() -> None:
     result = run(ns.cycles, ns.seed)
     print(json.dumps(result, indent=2))
     if ns.write:
-        doc = ROOT / "docs" / "BENCHMARKS.md"
-        text = doc.read_text() if doc.exists() else (
-            "# Benchmarks\n\nMeasured on this project's 2-core CI-class machine unless noted. "
-            "Ratios and percentiles come from one run each.\n")
-        if START in text and END in text:
-            text = text[:text.index(START)] + render(result) + text[text.index(END) + len(END):]
-        else:
-            text = text.rstrip() + "\n\n" + render(result) + "\n"
-        doc.write_text(text)
+        write_section("decide", render(result))
 
 
 if __name__ == "__main__":

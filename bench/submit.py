@@ -20,6 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import write_section  # noqa: E402
+
 from common.config import Config  # noqa: E402
 from llama_orch.v1 import common_pb2 as C  # noqa: E402
 from orchestrator.core import Orchestrator  # noqa: E402
@@ -83,14 +85,7 @@ def main() -> None:
         out["PostgreSQL 15 (local)"] = asyncio.run(run(pg, ns.n, 64, schema=f"bench_{os.getpid()}"))
     print(json.dumps(out, indent=2))
     if ns.write:
-        doc = ROOT / "docs" / "BENCHMARKS.md"
-        text = doc.read_text()
-        start, end = "<!-- submit:start -->", "<!-- submit:end -->"
-        if start in text:
-            text = text[:text.index(start)] + render(out) + text[text.index(end) + len(end):]
-        else:
-            text = text.rstrip() + "\n\n" + render(out) + "\n"
-        doc.write_text(text)
+        write_section("submit", render(out))
 
 
 if __name__ == "__main__":

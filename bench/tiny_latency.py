@@ -25,6 +25,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import write_section  # noqa: E402
+
 from common.config import OrchestratorConfig  # noqa: E402
 from llama_orch.v1 import client_pb2, client_pb2_grpc, common_pb2, worker_pb2, worker_pb2_grpc  # noqa: E402
 from orchestrator.admission import admit  # noqa: E402
@@ -145,14 +147,7 @@ def main() -> None:
     result = asyncio.run(measure(ns.n, ns.max_tokens))
     print(json.dumps(result, indent=2))
     if ns.write:
-        doc = ROOT / "docs" / "BENCHMARKS.md"
-        text = doc.read_text() if doc.exists() else "# Benchmarks\n\nMeasured on this project's 2-core CI-class machine unless noted. Ratios and percentiles come from one run each.\n"
-        start, end = "<!-- tiny-latency:start -->", "<!-- tiny-latency:end -->"
-        if start in text:
-            text = text[:text.index(start)] + render(result) + text[text.index(end) + len(end):]
-        else:
-            text = text.rstrip() + "\n\n" + render(result) + "\n"
-        doc.write_text(text)
+        write_section("tiny-latency", render(result))
 
 
 if __name__ == "__main__":

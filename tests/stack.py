@@ -12,6 +12,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+def start_daemon(root: Path, log_name: str, module: str, *args: str) -> subprocess.Popen:
+    """One llama-orch daemon as its own process (`python -m module args`), logging to a file."""
+    log = open(root / log_name, "ab")
+    return subprocess.Popen([sys.executable, "-m", module, *args], stdout=log,
+                            stderr=subprocess.STDOUT)
+
+
+def wait_serving(address: str, timeout: float = 60) -> None:
+    """Until a gRPC server answers at `address`."""
+    import grpc
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with grpc.insecure_channel(address) as ch:
+                grpc.channel_ready_future(ch).result(timeout=1)
+                return
+        except grpc.FutureTimeoutError:
+            time.sleep(0.2)
+    raise TimeoutError(address)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,35 +8,20 @@ separate processes here (as in a lab), so the orchestrator can die alone.
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 
 import grpc
 import pytest
 
 from llama_orch.v1 import client_pb2, client_pb2_grpc, common_pb2 as C
-from tests.stack import Stack
+from tests.stack import Stack, start_daemon, wait_serving
 
 pytestmark = pytest.mark.e2e
 JOBS = 200
 
 
 def start(stack: Stack, module: str, log_name: str) -> subprocess.Popen:
-    log = open(stack.root / log_name, "ab")
-    return subprocess.Popen([sys.executable, "-m", module, "--config", str(stack.config_path)],
-                            stdout=log, stderr=subprocess.STDOUT)
-
-
-def wait_serving(address: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with grpc.insecure_channel(address) as ch:
-                grpc.channel_ready_future(ch).result(timeout=1)
-                return
-        except grpc.FutureTimeoutError:
-            time.sleep(0.2)
-    raise TimeoutError(address)
+    return start_daemon(stack.root, log_name, module, "--config", str(stack.config_path))
 
 
 def statuses(stub, ids) -> dict[str, C.Job]:

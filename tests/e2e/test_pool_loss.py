@@ -22,7 +22,7 @@ import pytest
 
 from llama_orch.v1 import client_pb2, client_pb2_grpc, common_pb2 as C, events_pb2 as E
 from orchestrator.catalog import TINY_PATH
-from tests.stack import alive, free_port
+from tests.stack import alive, free_port, start_daemon, wait_serving
 
 pytestmark = pytest.mark.e2e
 
@@ -56,21 +56,7 @@ engine = "sim"
     return path
 
 
-def start(root: Path, log_name: str, *args: str) -> subprocess.Popen:
-    log = open(root / log_name, "ab")
-    return subprocess.Popen([sys.executable, "-m", *args], stdout=log, stderr=subprocess.STDOUT)
-
-
-def wait_serving(address: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with grpc.insecure_channel(address) as ch:
-                grpc.channel_ready_future(ch).result(timeout=1)
-                return
-        except grpc.FutureTimeoutError:
-            time.sleep(0.2)
-    raise TimeoutError(address)
+start = start_daemon
 
 
 def statuses(stub, ids) -> dict[str, C.Job]:
