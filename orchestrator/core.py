@@ -80,8 +80,11 @@ class Orchestrator:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.durability.stop()
-        for w in self.registry.workers.values():
-            await w.close()
+        for w in list(self.registry.workers.values()):
+            try:  # a channel with a call stuck on a dead peer must not hold up the stop
+                await asyncio.wait_for(w.close(), 2.0)
+            except asyncio.TimeoutError:
+                pass
 
     def wake(self) -> None:
         self._wake.set()

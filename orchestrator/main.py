@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
+import threading
 
-from common import config as config_mod
+from common import config as config_mod, log
 from common.errors import ConfigError, OrchError
 from common.grpc_server import Server
 from llama_orch.v1 import admin_pb2, client_pb2, events_pb2, pool_link_pb2
@@ -56,9 +58,27 @@ async def serve(cfg: config_mod.Config) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     orch.facts.publish(events_pb2.FACT_KIND_COMPONENT_STOPPED, "shutting down")
+    # A stop must end the process: if some part of the shutdown hangs, exit anyway after
+    # SHUTDOWN_LIMIT_S (everything admitted is already in the store; restart recovers it).
+    guard = threading.Timer(SHUTDOWN_LIMIT_S, _force_exit)
+    guard.daemon = True
+    guard.start()
     await server.stop(1.0)
-    await orch.stop()
+    try:
+        await asyncio.wait_for(orch.stop(), SHUTDOWN_LIMIT_S / 2)
+    except asyncio.TimeoutError:
+        log.emit("orchestrator", "shutdown.slow", "background tasks did not stop in time",
+                 level="warning")
     await store.close()
+
+
+SHUTDOWN_LIMIT_S = 15.0
+
+
+def _force_exit() -> None:
+    log.emit("orchestrator", "shutdown.forced", f"shutdown took over {SHUTDOWN_LIMIT_S:.0f} s; exiting",
+             level="error")
+    os._exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:
