@@ -83,6 +83,14 @@ class PoolConfig:
     stop_grace_s: float = 5.0
     # Threads each CPU worker uses for torch; fixed so CPU results are reproducible.
     cpu_threads: int = 1
+    # Model cache (hf: downloads). Empty means <data_dir>/models. 0 budget = no limit.
+    cache_dir: str = ""
+    cache_budget_bytes: int = 0
+    # Models kept in RAM / page cache for fast worker starts ("hot-loading"). 0 = none.
+    ram_budget_bytes: int = 0
+    # Run `sim` workers inside the pool manager (one gRPC server each) instead of one OS
+    # process each: only for scale tests with hundreds of simulated workers. Never a default.
+    sim_in_process: bool = False
 
 
 @dataclass
@@ -90,6 +98,10 @@ class ModelConfig:
     ref: str = ""
     engine: str = "hf"
     context_length: int = 0
+    # Tensor parallelism: devices in one worker's mask.
+    devices: int = 1
+    # Memory per device (weights + KV reserve); 0 = estimated from the weights' size.
+    memory_bytes: int = 0
 
 
 @dataclass
@@ -128,7 +140,20 @@ class Config:
         for name, model in self.models.items():
             if not model.ref:
                 raise ConfigError(f"models.{name}.ref is required", param=f"models.{name}.ref")
+            if model.devices < 1:
+                raise ConfigError(f"models.{name}.devices must be at least 1",
+                                  param=f"models.{name}.devices")
+            if model.memory_bytes < 0:
+                raise ConfigError(f"models.{name}.memory_bytes must not be negative",
+                                  param=f"models.{name}.memory_bytes")
+        for key in ("cache_budget_bytes", "ram_budget_bytes"):
+            if getattr(self.pool, key) < 0:
+                raise ConfigError(f"pool.{key} must not be negative", param=f"pool.{key}")
         return self
+
+
+def pool_cache_dir(cfg: "Config") -> Path:
+    return Path(cfg.pool.cache_dir).expanduser() if cfg.pool.cache_dir else cfg.data_dir / "models"
 
 
 def split_address(addr: str, key: str = "address") -> tuple[str, int]:

@@ -55,7 +55,8 @@ class Supervisor:
     def devices_in_use(self) -> set[str]:
         return {d for w in self.workers.values() for d in w.device_ids}
 
-    async def spawn(self, cmd: pool_link_pb2.StartWorkerCommand, gpu_ids: set[str]) -> WorkerProcess:
+    async def spawn(self, cmd: pool_link_pb2.StartWorkerCommand, gpu_ids: set[str],
+                    model_dir: str = "") -> WorkerProcess:
         env = dict(os.environ)
         gpus = [d for d in cmd.device_ids if d in gpu_ids]
         # NVML ids are UUIDs, which CUDA_VISIBLE_DEVICES accepts directly.
@@ -65,6 +66,8 @@ class Supervisor:
                 "--model-ref", cmd.model_ref, "--engine", cmd.engine or "hf",
                 "--devices", ",".join(cmd.device_ids), "--callback", self.callback_address,
                 "--listen", "127.0.0.1:0", "--threads", str(self.cpu_threads)]
+        if model_dir:
+            args += ["--model-dir", model_dir]
         for key, value in sorted(cmd.engine_options.items()):
             args += ["--option", f"{key}={value}"]
         proc = await asyncio.create_subprocess_exec(

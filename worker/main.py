@@ -47,7 +47,10 @@ class _ArgumentParser(argparse.ArgumentParser):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = _ArgumentParser(prog="python -m worker", description="llama-orch worker (one model)")
     ap.add_argument("--worker-id", required=True)
-    ap.add_argument("--model-ref", required=True, help="file:/abs/path of a local HF folder")
+    ap.add_argument("--model-ref", required=True,
+                    help="the canonical ref (file:/abs/path, or hf:... with --model-dir)")
+    ap.add_argument("--model-dir", default="",
+                    help="local folder holding the ref's files (the pool manager's cache)")
     ap.add_argument("--engine", default="hf")
     ap.add_argument("--devices", default="cpu", help="cpu, or GPU UUIDs (comma-separated)")
     ap.add_argument("--callback", default="127.0.0.1:9200", help="WorkerCallbackService address")
@@ -63,8 +66,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def model_path(ref: str) -> Path:
-    """The folder of a `file:/abs/path` ref; every other form is refused."""
+def model_path(ref: str, model_dir: str = "") -> Path:
+    """The folder to load: --model-dir when the pool manager fetched the ref into its
+    cache, else the folder of a `file:/abs/path` ref; every other form is refused."""
+    if model_dir:
+        if not os.path.isabs(model_dir) or not Path(model_dir).is_dir():
+            raise OrchError("INVALID_MODEL_REF", f"no model folder at {model_dir!r}",
+                            param="model_dir")
+        return Path(model_dir)
     if not ref.startswith("file:"):
         raise OrchError("INVALID_MODEL_REF", f"the worker loads only file:/abs/path refs, "
                                              f"not {ref!r}", param="model_ref")
@@ -139,7 +148,7 @@ async def _load_engine(args: argparse.Namespace, stop: asyncio.Event):
     from worker.engines import create
 
     try:
-        engine = create(args.engine, model_path(args.model_ref), args.devices, args.threads,
+        engine = create(args.engine, model_path(args.model_ref, args.model_dir), args.devices, args.threads,
                         parse_options(args.option))
         load = asyncio.ensure_future(_in_daemon_thread(engine.load))
         stopping = asyncio.ensure_future(stop.wait())
