@@ -129,7 +129,7 @@ class Orchestrator:
 
     def _track(self, job: JobRecord) -> None:
         """Make a live job known to the loop: table, queue (if queued), deadline."""
-        job.on_append = self.durability.appended
+        self.durability.track(job)
         self.jobs[job.job_id] = job
         if job.idempotency_key:
             self.idempotency[job.idempotency_key] = job.job_id

@@ -1,11 +1,12 @@
 """Job persistence seen from the orchestrator: rows, events, and what clients may see.
 
-Every JobEvent is written behind (batched by the store's writer). A client stream only
-carries events that are already committed (`JobRecord.durable_seq`), so a client that
-resumes after an orchestrator crash never finds a sequence number reused with other
-content. The pump flushes as soon as anything is pending: the cost is one group commit
-on the streaming path, not a commit per event. Without a store (tests, in-memory use)
-events are durable at once.
+Every JobEvent is written behind (batched by the store's writer) and is visible to
+clients at once, within the job's committed seq reservation (orchestrator/jobs.py
+explains why that keeps resume honest across a crash). The pump flushes as soon as
+anything is pending, so the stored log trails the live one by about one group commit.
+A job's row is committed before its first event is visible (insert), and its outcome
+before its final event (the loop's order); a reservation that runs out is extended
+with one row write. Without a store (tests, in-memory use) events are visible at once.
 """
 
 from __future__ import annotations
@@ -43,24 +44,57 @@ class Durability:
         if self.store is not None:
             with contextlib.suppress(Exception):
                 await self.store.flush()
-            self._settle(dict(self._pending))
+            self._pending.clear()
 
     def appended(self, job: JobRecord, event: events_pb2.JobEvent) -> None:
         if self.store is None:
-            job.mark_durable(event.seq)
+            job.mark_visible(event.seq)
             return
         self.store.append_events([event])
         self._pending[job] = event.seq
         self._kick.set()
 
+    def track(self, job: JobRecord) -> None:
+        """Route the job's new events here (on_append) and its reservations (on_reserve)."""
+        job.on_append = self.appended
+        job.on_reserve = self._reserve
+        if self.store is None:
+            job.reserved_durable = job.seq_reserved = 1 << 62
+
     async def insert(self, job: JobRecord) -> None:
+        """Commit the job's row; its events up to the reservation may then be shown."""
         if self.store is not None:
+            reserved = job.seq_reserved
             await self.store.insert_job(row_of(job))
+            job.reservation_committed(reserved)
+
+    def _reserve(self, job: JobRecord) -> None:
+        asyncio.create_task(self._save_reservation(job))
+
+    async def _save_reservation(self, job: JobRecord) -> None:
+        try:
+            await self._extend(job)
+        finally:
+            job.reserving = False
+
+    async def _extend(self, job: JobRecord) -> None:
+        while job.reserved_durable < job.last_seq:
+            reserved = job.seq_reserved
+            try:
+                await self.save(job)
+            except Exception as exc:  # events stay hidden until a write succeeds
+                log.emit("orchestrator", "store.write_failed", repr(exc), level="error",
+                         job_id=job.job_id)
+                await asyncio.sleep(0.5)
+                continue
+            job.reservation_committed(reserved)
 
     async def save(self, job: JobRecord) -> None:
         """Write the job's row; returns once committed."""
         if self.store is not None:
+            reserved = job.seq_reserved
             await self.store.update_job(row_of(job))
+            job.reservation_committed(reserved)
 
     def save_soon(self, job: JobRecord) -> None:
         """Write the job's row without waiting (state changes that a crash may lose safely)."""
@@ -85,10 +119,3 @@ class Durability:
                 await asyncio.sleep(0.5)
                 self._pending.update({j: max(s, self._pending.get(j, 0)) for j, s in batch.items()})
                 self._kick.set()
-                continue
-            self._settle(batch)
-
-    @staticmethod
-    def _settle(batch: dict[JobRecord, int]) -> None:
-        for job, seq in batch.items():
-            job.mark_durable(seq)

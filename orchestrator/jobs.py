@@ -1,9 +1,19 @@
 """Jobs and their event logs.
 
 A JobRecord is owned by the orchestrator's loop; every change to it is appended as a
-JobEvent with the next per-job sequence number (1, 2, 3, ... with no gaps), so a client
-that lost its stream resumes after the last seq it saw and gets exactly what it missed.
-Terminal events are always last.
+JobEvent with the next per-job sequence number (1, 2, 3, ...), so a client that lost
+its stream resumes after the last seq it saw and gets exactly what it missed. Terminal
+events are always last.
+
+Visible before durable. Events stream to clients as they happen and are written
+behind; waiting for a commit per token would add a commit to every token's latency.
+What keeps resume honest across a crash is a durable *reservation*: the job's committed
+row says seqs up to `seq_reserved` may be in use (a block of SEQ_BLOCK at a time, so
+most jobs never reserve twice), and no event beyond the committed reservation is
+shown. A job recovered after a crash continues above its reservation, with one
+JobDivergence per choice saying where the stored text ends, so a client that saw
+events the crash lost realigns, and no seq is ever reused with other content. Without
+a crash the numbers have no gaps.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from bisect import bisect_right
 from dataclasses import dataclass, field
 
 from google.protobuf import timestamp_pb2
@@ -34,6 +45,9 @@ _STATUS = {
 
 # The inverse: a stored or requested JobStatus -> the orchestrator's state.
 STATE_OF_STATUS = {status: state for state, status in _STATUS.items()}
+
+
+SEQ_BLOCK = 1024  # event seqs reserved per commit of the job's row
 
 
 def new_job_id() -> str:
@@ -80,8 +94,15 @@ class JobRecord:
     # The live Execute call while dispatched, so a cancel past its grace can cut it.
     call: object = None
     replay: Replay = field(default_factory=Replay)
-    # Events up to this seq are committed; only those are streamed to clients.
-    durable_seq: int = 0
+    # Events up to this seq may be streamed (see the module docstring).
+    visible_seq: int = 0
+    # Seqs reserved in the job's row as written; `reserved_durable` as committed.
+    seq_reserved: int = SEQ_BLOCK
+    reserved_durable: int = 0
+    next_seq: int = 1
+    reserving: bool = False
+    # Called when an event needs a bigger committed reservation (set with on_append).
+    on_reserve: object = None
     # Called with each appended event (persistence); None keeps events in memory only.
     on_append: object = None
     # Earliest time a requeued job may run again (retry backoff), epoch seconds.
@@ -97,7 +118,7 @@ class JobRecord:
 
     @property
     def last_seq(self) -> int:
-        return len(self.events)
+        return self.next_seq - 1
 
     def append(self, *, final: bool = False, **kind: object) -> events_pb2.JobEvent:
         """Append one event (e.g. append(tokens=JobTokens(...))) with the next seq.
@@ -106,22 +127,39 @@ class JobRecord:
         if self._closed:
             raise RuntimeError(f"{self.job_id}: event after the final event")
         now = time.time()
-        event = events_pb2.JobEvent(job_id=self.job_id, seq=len(self.events) + 1,
-                                    time=_ts(now), **kind)
+        event = events_pb2.JobEvent(job_id=self.job_id, seq=self.next_seq, time=_ts(now), **kind)
+        self.next_seq += 1
         self.events.append(event)
         self.updated_at = now
         self._closed = final
-        if self.on_append is None:
-            self.mark_durable(event.seq)
-        else:
-            self.on_append(self, event)
+        if self.on_append is None:  # in memory only: nothing to wait for
+            self.mark_visible(event.seq)
+            return event
+        self.on_append(self, event)
+        if event.seq <= self.reserved_durable:
+            self.mark_visible(event.seq)
+            return event
+        if event.seq > self.seq_reserved:
+            self.seq_reserved = event.seq - 1 + SEQ_BLOCK
+        if not self.reserving and self.on_reserve is not None:
+            self.reserving = True
+            self.on_reserve(self)  # commits the row, then calls reservation_committed
         return event
 
-    def mark_durable(self, seq: int) -> None:
-        if seq > self.durable_seq:
-            self.durable_seq = seq
+    def reservation_committed(self, reserved: int) -> None:
+        self.reserved_durable = max(self.reserved_durable, reserved)
+        self.mark_visible(min(self.last_seq, self.reserved_durable))
+
+    def mark_visible(self, seq: int) -> None:
+        if seq > self.visible_seq:
+            self.visible_seq = seq
             self._changed.set()
             self._changed = asyncio.Event()
+
+    def skip_to(self, seq: int) -> None:
+        """Continue numbering at `seq` (after a crash: above the old reservation)."""
+        self.next_seq = max(self.next_seq, seq)
+        self.seq_reserved = max(self.seq_reserved, seq - 1 + SEQ_BLOCK)
 
     @property
     def done(self) -> bool:
@@ -133,12 +171,12 @@ class JobRecord:
             raise OrchError("RESUME_OUT_OF_RANGE",
                             f"after_seq {after_seq} is beyond the last event ({self.last_seq})",
                             param="after_seq")
-        sent = after_seq
+        at = bisect_right(self.events, after_seq, key=lambda e: e.seq)
         while True:
-            while sent < self.durable_seq:
-                sent += 1
-                yield self.events[sent - 1]
-            if self._closed and sent >= len(self.events):
+            while at < len(self.events) and self.events[at].seq <= self.visible_seq:
+                at += 1
+                yield self.events[at - 1]
+            if self._closed and at >= len(self.events):
                 return
             await self._changed.wait()
 
@@ -150,6 +188,7 @@ class JobRecord:
             updated_at=_ts(self.updated_at or self.created_at), started_at=_ts(self.started_at),
             finished_at=_ts(self.finished_at), usage=self.usage, finish_reason=self.finish_reason,
             seed=self.admitted.seed, last_seq=self.last_seq, correlation_id=self.correlation_id,
+            seq_reserved=self.seq_reserved,
             idempotency_key=self.idempotency_key, waiting_reason=self.waiting_reason)
         if self.error is not None:
             job.error.CopyFrom(self.error.to_detail())

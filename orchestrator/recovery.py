@@ -2,7 +2,10 @@
 
 On start, unfinished jobs come back: QUEUED ones wait again in their old order;
 DISPATCHED/RUNNING ones were cut off by the crash and are requeued under the retry
-policy (same seed; tokens the client already has are not sent again). Finished jobs
+policy (same seed; tokens the client already has are not sent again). Events are
+shown before they are stored, so a client may have seen events the crash lost: an
+unfinished job therefore continues above its reserved seqs, starting with one
+JobDivergence per choice that says where the stored text ends. Finished jobs
 are loaded on demand and return their recorded outcome; if the crash fell between
 recording the outcome and writing its final event, that event is written now.
 """
@@ -62,7 +65,9 @@ async def _record(orch: "Orchestrator", row: JobRow) -> tuple[JobRecord, OrchErr
         job.error = OrchError.from_detail(pb.error)
     job.output = [pb.output] if pb.output else []
     job.events = await orch.store.events(pb.job_id)
-    job.durable_seq = len(job.events)
+    last = job.events[-1].seq if job.events else 0
+    job.next_seq, job.visible_seq = last + 1, last
+    job.seq_reserved = job.reserved_durable = max(pb.seq_reserved, last)
     for event in job.events:
         kind = event.WhichOneof("kind")
         if kind == "tokens":
@@ -82,12 +87,14 @@ async def recover(orch: "Orchestrator") -> None:
         if problem is not None:
             job.state = JobState.QUEUED
             orch.jobs[job.job_id] = job
-            job.on_append = orch.durability.appended
+            orch.durability.track(job)
             orch._finish(job, JobState.FAILED, problem)
             continue
         cut_off = job.state in (JobState.DISPATCHED, JobState.RUNNING)
         job.state, job.worker_id, job.pool_id = JobState.QUEUED, "", ""
+        job.skip_to(job.seq_reserved + 1)
         orch._track(job)
+        _realign(job)
         if cut_off:
             requeued += 1
             cause = OrchError("UNAVAILABLE", "the orchestrator restarted while the job ran")
@@ -101,13 +108,24 @@ async def recover(orch: "Orchestrator") -> None:
                        recovered=len(rows), requeued=requeued)
 
 
+def _realign(job: JobRecord) -> None:
+    """Tell clients where the stored stream ends, per choice (see the module docstring)."""
+    for index in range(max(1, job.admitted.sampling.n)):
+        c = job.replay.choices.get(index)
+        tokens, chars = (len(c.sent_ids), len(c.sent_text)) if c else (0, 0)
+        job.append(divergence=events_pb2.JobDivergence(
+            choice_index=index, token_index=tokens, char_offset=chars,
+            message=f"the orchestrator restarted: the stream continues after token {tokens} "
+                    f"(character {chars}); anything seen after that point is replaced"))
+
+
 async def finished_record(orch: "Orchestrator", row: JobRow) -> JobRecord:
     """A read-only record of a job that is not live (finished, or from before a restart)."""
     job, _ = await _record(orch, row)
     if job.state.terminal and job.events:
         last = job.events[-1].WhichOneof("kind")
         if last not in ("end", "error") or (last == "end" and _ends(job) < max(1, job.admitted.sampling.n)):
-            job.on_append = orch.durability.appended
+            orch.durability.track(job)
             if job.error is not None:
                 job.append(error=job.error.to_detail(), final=True)
             else:

@@ -60,7 +60,7 @@ class Replay:
         offset = len(os.path.commonprefix([c.sent_text, c.text]))
         c.sent_ids, c.sent_text = c.sent_ids[:at], c.sent_text[:offset]
         note = events_pb2.JobDivergence(
-            token_index=at, message=f"the retry differs from token {at} (character {offset}) on; "
+            token_index=at, choice_index=index, char_offset=offset, message=f"the retry differs from token {at} (character {offset}) on; "
             "what follows replaces what was sent after that point")
         return [{"divergence": note}, self._send(c, index, c.ids[at:], c.text[offset:])]
 

@@ -115,7 +115,7 @@ def event_object(ev: events_pb2.JobEvent) -> tuple[str, dict[str, Any]]:
         started     prompt_tokens model_ref attempt seed
         tokens      choice_index text token_ids logprobs ([{token logprob top}] | null)
         metrics     time_to_first_token_ms tokens_per_second generated_tokens queue_ms
-        divergence  token_index message
+        divergence  choice_index token_index char_offset message
         retrying    attempt backoff_ms cause (error object | null)
         end         choice_index finish_reason usage proof
         error       error (error object)
@@ -142,7 +142,8 @@ def event_object(ev: events_pb2.JobEvent) -> tuple[str, dict[str, Any]]:
                    tokens_per_second=m.tokens_per_second, generated_tokens=m.generated_tokens,
                    queue_ms=m.queue_ms)
     elif kind == "divergence":
-        out.update(token_index=ev.divergence.token_index, message=ev.divergence.message)
+        out.update(choice_index=ev.divergence.choice_index, token_index=ev.divergence.token_index,
+                   char_offset=ev.divergence.char_offset, message=ev.divergence.message)
     elif kind == "retrying":
         r = ev.retrying
         out.update(attempt=r.attempt, backoff_ms=r.backoff_ms,

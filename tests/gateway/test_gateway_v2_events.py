@@ -83,8 +83,8 @@ KINDS = {
         queue_ms=1.5)), "metrics", {"time_to_first_token_ms": 12.5, "tokens_per_second": 40.0,
                                     "generated_tokens": 8, "queue_ms": 1.5}),
     "divergence": (events_pb2.JobEvent(divergence=events_pb2.JobDivergence(
-        token_index=3, message="retry differs")), "divergence",
-        {"token_index": 3, "message": "retry differs"}),
+        choice_index=1, token_index=3, char_offset=11, message="retry differs")), "divergence",
+        {"choice_index": 1, "token_index": 3, "char_offset": 11, "message": "retry differs"}),
     "retrying": (_retrying(), "retrying", {"attempt": 2, "backoff_ms": 500, "cause": {
         "message": "died", "type": "server_error", "param": None, "code": "worker_crashed"}}),
     "end": (_end_with_proof(), "end", {

@@ -343,7 +343,7 @@ class JobSpec(_message.Message):
     def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., priority: _Optional[_Union[Priority, str]] = ..., deadline_ms: _Optional[int] = ..., keep_output: _Optional[bool] = ..., detach: _Optional[bool] = ..., user: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "spec", "status", "model_ref", "tenant_id", "attempts", "created_at", "updated_at", "started_at", "finished_at", "worker_id", "pool_id", "error", "usage", "output", "finish_reason", "proof", "seed", "last_seq", "correlation_id", "idempotency_key", "waiting_reason")
+    __slots__ = ("job_id", "spec", "status", "model_ref", "tenant_id", "attempts", "created_at", "updated_at", "started_at", "finished_at", "worker_id", "pool_id", "error", "usage", "output", "finish_reason", "proof", "seed", "last_seq", "correlation_id", "idempotency_key", "waiting_reason", "seq_reserved")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -366,6 +366,7 @@ class Job(_message.Message):
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     WAITING_REASON_FIELD_NUMBER: _ClassVar[int]
+    SEQ_RESERVED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     spec: JobSpec
     status: JobStatus
@@ -388,4 +389,5 @@ class Job(_message.Message):
     correlation_id: str
     idempotency_key: str
     waiting_reason: str
-    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., status: _Optional[_Union[JobStatus, str]] = ..., model_ref: _Optional[str] = ..., tenant_id: _Optional[str] = ..., attempts: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., worker_id: _Optional[str] = ..., pool_id: _Optional[str] = ..., error: _Optional[_Union[_errors_pb2.ErrorDetail, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., output: _Optional[str] = ..., finish_reason: _Optional[str] = ..., proof: _Optional[_Union[ProofRecord, _Mapping]] = ..., seed: _Optional[int] = ..., last_seq: _Optional[int] = ..., correlation_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., waiting_reason: _Optional[str] = ...) -> None: ...
+    seq_reserved: int
+    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., status: _Optional[_Union[JobStatus, str]] = ..., model_ref: _Optional[str] = ..., tenant_id: _Optional[str] = ..., attempts: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., worker_id: _Optional[str] = ..., pool_id: _Optional[str] = ..., error: _Optional[_Union[_errors_pb2.ErrorDetail, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., output: _Optional[str] = ..., finish_reason: _Optional[str] = ..., proof: _Optional[_Union[ProofRecord, _Mapping]] = ..., seed: _Optional[int] = ..., last_seq: _Optional[int] = ..., correlation_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., waiting_reason: _Optional[str] = ..., seq_reserved: _Optional[int] = ...) -> None: ...

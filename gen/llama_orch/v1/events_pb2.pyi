@@ -172,12 +172,16 @@ class JobMetrics(_message.Message):
     def __init__(self, time_to_first_token_ms: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., generated_tokens: _Optional[int] = ..., queue_ms: _Optional[float] = ...) -> None: ...
 
 class JobDivergence(_message.Message):
-    __slots__ = ("token_index", "message")
+    __slots__ = ("token_index", "message", "choice_index", "char_offset")
     TOKEN_INDEX_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CHOICE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    CHAR_OFFSET_FIELD_NUMBER: _ClassVar[int]
     token_index: int
     message: str
-    def __init__(self, token_index: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    choice_index: int
+    char_offset: int
+    def __init__(self, token_index: _Optional[int] = ..., message: _Optional[str] = ..., choice_index: _Optional[int] = ..., char_offset: _Optional[int] = ...) -> None: ...
 
 class JobRetrying(_message.Message):
     __slots__ = ("attempt", "backoff_ms", "cause")

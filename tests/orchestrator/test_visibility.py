@@ -1,0 +1,95 @@
+"""Events are visible before they are stored, within a committed seq reservation; a job
+recovered after a crash continues above its reservation and says where its stored text
+ends (orchestrator/jobs.py). Real SQLite store, in-process orchestrator, no pools."""
+
+import asyncio
+
+import pytest
+
+from common.config import Config
+from llama_orch.v1 import common_pb2 as C, events_pb2 as E
+from orchestrator.core import Orchestrator
+from orchestrator.jobs import SEQ_BLOCK
+from orchestrator.store import Store
+
+
+@pytest.fixture
+async def make(tmp_path):
+    made = []
+
+    async def factory():
+        store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'state.db'}")
+        orch = Orchestrator(Config(), store=store)
+        await orch.start()
+        made.append((orch, store))
+        return orch, store
+    yield factory
+    for orch, store in made:
+        await orch.stop()
+        await store.close()
+
+
+def spec(seed=1):
+    return C.JobSpec(model="tiny", prompt="the fox", sampling=C.SamplingParams(seed=seed))
+
+
+def tokens(text: str, *ids: int) -> E.JobTokens:
+    return E.JobTokens(text=text, token_ids=list(ids))
+
+
+async def test_an_event_is_visible_without_waiting_for_a_commit(make):
+    orch, store = await make()
+    job, _ = await orch.submit(spec())
+    commits = store.commits
+    event = job.append(tokens=tokens("once", 7))
+    # No await since the append: nothing can have been committed, yet the event shows.
+    assert store.commits == commits
+    assert job.visible_seq == event.seq
+    await store.flush()
+    assert [e.seq for e in await store.events(job.job_id)][-1] == event.seq
+
+
+async def test_events_past_the_reservation_wait_for_the_row_to_reserve_more(make):
+    orch, store = await make()
+    job, _ = await orch.submit(spec())
+    while job.last_seq < SEQ_BLOCK:
+        job.append(tokens=tokens("a", 1))
+    assert job.visible_seq == SEQ_BLOCK
+    beyond = job.append(tokens=tokens("b", 2))
+    assert job.visible_seq == SEQ_BLOCK  # not shown before the bigger reservation commits
+    seen = [e async for e in _until(job.follow(SEQ_BLOCK - 1), beyond.seq)]
+    assert [e.seq for e in seen] == [SEQ_BLOCK, beyond.seq]
+    row = await store.get_job(job.job_id)
+    assert row.job.seq_reserved >= beyond.seq
+
+
+async def _until(stream, seq):
+    async for event in stream:
+        yield event
+        if event.seq >= seq:
+            return
+
+
+async def test_a_restart_continues_above_the_reservation_and_realigns_clients(make):
+    orch, store = await make()
+    job, _ = await orch.submit(spec())
+    job.append(tokens=tokens("The fox", 5, 6))
+    await store.flush()
+    stored = job.last_seq
+    # Two more events reach clients but never the store: the crash loses them.
+    job.on_append = lambda *_: None
+    job.append(tokens=tokens(" ran", 8))
+    job.append(tokens=tokens(" off", 9))
+    seen_by_client = job.last_seq
+    again, _ = await make()
+    back = await again.get(job.job_id)
+    seqs = [e.seq for e in back.events]
+    assert seqs[:stored] == list(range(1, stored + 1))
+    realign = back.events[stored]
+    assert realign.seq == SEQ_BLOCK + 1  # above anything any client can have seen
+    assert realign.divergence.token_index == 2 and realign.divergence.char_offset == len("The fox")
+    # A client that saw the lost events resumes from its last seq and gets the realignment.
+    resumed = await asyncio.wait_for(anext(back.follow(seen_by_client)), 5)
+    assert resumed.seq == realign.seq and resumed.WhichOneof("kind") == "divergence"
+    row = await store.get_job(job.job_id)
+    assert row.job.seq_reserved > SEQ_BLOCK  # the new block is committed before it shows
