@@ -6,6 +6,7 @@
     llama-orch gateway [--listen ... --orchestrator ...]
     llama-orch worker ...                    a worker (normally spawned by a pool manager)
     llama-orch events [--orchestrator ADDR]  follow the fact stream as JSON lines
+    llama-orch fetch REF [--cache-dir DIR]   download a model into the pool's cache
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             from worker.main import main as run
         elif cmd == "events":
             return _events(rest)
+        elif cmd == "fetch":
+            from cli.fetch import main as run
         elif cmd == "version":
             from importlib.metadata import version
             print(version("llama-orch"))
