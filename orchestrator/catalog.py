@@ -32,11 +32,25 @@ class CatalogModel:
     size_bytes: int = 0
     aliases: tuple[str, ...] = ()
     created: int = 0
+    device_count: int = 1  # tensor parallelism: devices in one worker's mask
+    memory_bytes: int = 0  # configured memory per device; 0 = estimate from the weights
 
     @property
     def memory_estimate_bytes(self) -> int:
-        # Weights plus a KV/activation reserve; refined by what workers report.
+        """Bytes a worker needs on EVERY device of its mask: the configured amount, else
+        the weights plus a KV/activation reserve (refined by what workers report)."""
+        if self.memory_bytes > 0:
+            return self.memory_bytes
         return int(self.size_bytes * 1.5) + 64 * 1024 * 1024
+
+    @property
+    def engine_options(self) -> dict[str, str]:
+        """Options every worker of the model starts with. A sim worker "uses" whatever it
+        is told, not its folder's weights: a configured memory_bytes is passed on, so the
+        bytes it reports match what placement reserved."""
+        if self.engine == "sim" and self.memory_bytes > 0:
+            return {"memory_bytes": str(self.memory_bytes)}
+        return {}
 
 
 @dataclass
@@ -80,7 +94,8 @@ class Catalog:
             size = sum(p.stat().st_size for p in weights)
             created = int(max((p.stat().st_mtime for p in weights), default=0))
         model = CatalogModel(name=name, ref=mc.ref, engine=mc.engine, context_length=ctx or 2048,
-                             path=path, size_bytes=size, created=created)
+                             path=path, size_bytes=size, created=created,
+                             device_count=mc.devices, memory_bytes=mc.memory_bytes)
         self.models[name] = model
         self._by_ref[mc.ref] = model
         return model

@@ -111,7 +111,8 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     def _model_info(self, m) -> common_pb2.ModelInfo:
         info = common_pb2.ModelInfo(id=m.name, ref=m.ref, context_length=m.context_length,
                                     engine=m.engine, owned_by="llama-orch", size_bytes=m.size_bytes,
-                                    memory_estimate_bytes=m.memory_estimate_bytes, device_count=1,
+                                    memory_estimate_bytes=m.memory_estimate_bytes,
+                                    device_count=m.device_count,
                                     supports_logprobs=m.engine == "hf",
                                     supports_penalties=m.engine == "hf")
         info.created.FromSeconds(m.created)

@@ -33,6 +33,8 @@ from orchestrator.types import JobState, Priority, WorkerPhase
 
 F = events_pb2
 MAX_START_FAILURES = 3
+_CAPACITY_REASONS = frozenset({scheduler.Reason.NO_ROOM, scheduler.Reason.BUSY_NO_ROOM,
+                               scheduler.Reason.EVICTING})
 
 
 class Orchestrator:
@@ -53,6 +55,8 @@ class Orchestrator:
         self._wake_at = float("inf")
         self._wake_timer: asyncio.TimerHandle | None = None
         self._optimize_now = asyncio.Event()
+        # model ref -> (pool, device) where its workers are never evicted. Set by the
+        # admin API's PinModel/UnpinModel; in memory only (lost on restart, for now).
         self.pins: dict[str, set[tuple[str, str]]] = {}
         self.idempotency: dict[str, str] = {}
         self._order = 0
@@ -142,8 +146,8 @@ class Orchestrator:
         self.index.remove(job.job_id)
         m = job.admitted.model
         self.index.add(JobView(job.job_id, job.model_ref, job.priority, job.order,
-                               m.memory_estimate_bytes, 1, m.engine or "hf", job.not_before,
-                               job.attempts))
+                               m.memory_estimate_bytes, m.device_count, m.engine or "hf",
+                               job.not_before, job.attempts))
 
     def _dequeue(self, job_id: str) -> JobRecord | None:
         self.index.remove(job_id)
@@ -366,6 +370,11 @@ class Orchestrator:
                                    waiting_jobs=d.jobs)
             if d.until:
                 self._wake_at = min(self._wake_at, d.until)
+            elif d.reason in _CAPACITY_REASONS:
+                # Memory freed outside our own commands (or a worker's exit the last
+                # heartbeat did not show yet) arrives with a heartbeat, which does not
+                # wake the loop: look again after one.
+                self._wake_at = min(self._wake_at, time.time() + self.cfg.pool.heartbeat_ms / 1000)
 
     async def _stop_worker(self, worker: WorkerRecord) -> None:
         pool = self.registry.pools.get(worker.pool_id)
@@ -426,21 +435,30 @@ class Orchestrator:
                            backoff_ms=int(delay * 1000), cause=cause.code)
         asyncio.get_running_loop().call_later(delay, self.wake)
 
-    async def _start_worker(self, worker: WorkerRecord) -> None:
+    async def _start_worker(self, worker: WorkerRecord, options: dict[str, str] | None = None,
+                            *, by_operator: bool = False) -> OrchError | None:
+        """Command the start: ONE worker process over the whole mask (tensor parallelism).
+        Returns the pool's refusal, if any. A refused start counts toward the model's
+        start backoff unless an operator asked for it (the refusal is then about the
+        devices they chose, not the model)."""
         pool = self.registry.pools.get(worker.pool_id)
         model = self.catalog.by_ref(worker.model_ref)
         cmd = pool_link_pb2.StartWorkerCommand(
             worker_id=worker.worker_id, model_ref=worker.model_ref,
             engine=model.engine if model else "hf", device_ids=list(worker.device_ids),
+            engine_options={**(model.engine_options if model else {}), **(options or {})},
             memory_estimate_bytes=worker.memory_estimate)
         self.facts.publish(F.FACT_KIND_WORKER_STARTING, "start commanded", worker_id=worker.worker_id,
                            pool_id=worker.pool_id, model_ref=worker.model_ref,
-                           device_ids=list(worker.device_ids))
+                           device_ids=list(worker.device_ids),
+                           memory_estimate_bytes=float(worker.memory_estimate))
         result = await pool.command(start_worker=cmd) if pool else None
-        if result is None or not result.ok:
-            err = OrchError.from_detail(result.error) if result else OrchError(
-                "POOL_UNAVAILABLE", "pool went away")
-            self.worker_gone(worker.worker_id, err, start_failed=True)
+        if result is not None and result.ok:
+            return None
+        err = OrchError.from_detail(result.error) if result else OrchError(
+            "POOL_UNAVAILABLE", "pool went away")
+        self.worker_gone(worker.worker_id, err, start_failed=True, back_off=not by_operator)
+        return err
 
     # ---- facts from pools ----------------------------------------------------------------
 
@@ -477,9 +495,10 @@ class Orchestrator:
         model = self.catalog.by_ref(info.model_ref)
         w = WorkerRecord(info.worker_id, pool_id, info.model_ref, tuple(info.device_ids),
                          model.memory_estimate_bytes if model else 0)
+        w.pid = info.pid  # device memory is attributed to our workers by pid (registry)
         self.registry.workers[w.worker_id] = w
         if info.state == common_pb2.WORKER_STATE_READY and info.endpoint:
-            w.phase, w.endpoint, w.pid = WorkerPhase.READY, info.endpoint, info.pid
+            w.phase, w.endpoint = WorkerPhase.READY, info.endpoint
             w.device_bytes = dict(info.device_bytes)
             w.engine, w.engine_version, w.model_digest = info.engine, info.engine_version, info.model_digest
         self.facts.publish(F.FACT_KIND_WORKER_READY if w.phase is WorkerPhase.READY
@@ -509,7 +528,7 @@ class Orchestrator:
         self.wake()
 
     def worker_gone(self, worker_id: str, error: OrchError | None, *, start_failed: bool = False,
-                    **details) -> None:
+                    back_off: bool = True, **details) -> None:
         w = self.registry.workers.pop(worker_id, None)
         if w is None:
             return
@@ -524,7 +543,7 @@ class Orchestrator:
             self.facts.publish(F.FACT_KIND_WORKER_FAILED, error.message, level=F.FACT_LEVEL_ERROR,
                                worker_id=worker_id, pool_id=w.pool_id, model_ref=w.model_ref,
                                error_code=error.code, **details)
-        if (start_failed or was_starting) and error is not None:
+        if back_off and (start_failed or was_starting) and error is not None:
             self._start_failed(w.model_ref, error)
         job = self.jobs.get(w.job_id) if w.job_id else None
         if job is not None and not job.done and job.call is not None:

@@ -117,14 +117,18 @@ class Registry:
         return [self.pool_view(p, by_pool.get(p.pool_id, [])) for p in self.pools.values()]
 
     def pool_view(self, pool: PoolRecord, workers: list[WorkerRecord] | None = None) -> PoolView:
-        ours: dict[str, int] = {}
-        reported: dict[str, int] = {}
+        """The pool's devices with free memory by the one accounting rule (DeviceView):
+        the inventory's `used` includes our workers, so what the pool attributes to them
+        is taken out of it, and each worker then counts once, at what it holds or will."""
+        on: dict[str, list[WorkerRecord]] = {}  # device -> our workers with it in their mask
+        pids: set[int] = set()
         for w in self.workers_of(pool.pool_id) if workers is None else workers:
             if w.phase is WorkerPhase.GONE:
                 continue
+            pids.add(w.pid)
             for dev in w.device_ids:
-                ours[dev] = ours.get(dev, 0) + w.bytes_on(dev)
-                reported[dev] = reported.get(dev, 0) + w.device_bytes.get(dev, 0)
+                on.setdefault(dev, []).append(w)
+        pids.discard(0)
         devices = []
         inv = pool.inventory
         for d in inv.devices:
@@ -133,9 +137,18 @@ class Registry:
                 used = total - (inv.ram_available_bytes or d.memory_free_bytes)
             else:
                 total, used = d.memory_total_bytes, d.memory_used_bytes
-            external = max(0, used - reported.get(d.id, 0))
-            free = total - external - ours.get(d.id, 0)
-            devices.append(DeviceView(d.id, total, free, _KINDS.get(d.kind, "gpu")))
+            ours = on.get(d.id, ())
+            seen = held = 0
+            if ours:
+                listed = {p.pid for p in d.processes}
+                seen = sum(p.used_memory_bytes for p in d.processes if p.pid in pids)
+                for w in ours:
+                    held += w.bytes_on(d.id)
+                    if w.pid not in listed:  # no per-process figure: take its own report
+                        seen += w.device_bytes.get(d.id, 0)
+            external = max(0, used - seen)
+            devices.append(DeviceView(d.id, total, total - external - max(held, seen),
+                                      _KINDS.get(d.kind, "gpu")))
         return PoolView(pool.pool_id, pool.available and not pool.draining, tuple(devices),
                         tuple(inv.engines) or ("hf",))
 

@@ -62,8 +62,15 @@ class WorkerView:
 class DeviceView:
     device_id: str
     total_bytes: int
-    # Free after subtracting memory held outside llama-orch and by our workers
-    # (reported bytes, or the estimate while a worker is starting).
+    # free = total - external - max(held, seen), so each of our workers counts once:
+    #   used     the pool's inventory: everything on the device, our workers included
+    #            (NVML for GPUs; RAM in use for the CPU; for a simulated device, what the
+    #            pool's own workers hold, as nothing else can be on it)
+    #   seen     the part of `used` the pool attributes to our workers: its per-process
+    #            entries for their pids, else (no entry) the bytes a worker reported
+    #   external used - seen: memory held outside llama-orch
+    #   held     what our non-gone workers hold or will hold: reported bytes, else the
+    #            estimate while starting (a worker may not have allocated it yet)
     free_bytes: int
     kind: str = "gpu"  # gpu | cpu | simulated
 

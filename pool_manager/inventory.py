@@ -3,16 +3,61 @@
 NVML identifies GPUs by UUID (it ignores CUDA_VISIBLE_DEVICES). Without NVML the CPU
 is offered as a device with RAM as its memory, and `nvml_status` says why. Devices
 declared in config are always marked simulated, never mistaken for hardware.
+
+A simulated device has no driver to ask what is in use, so the pool accounts for it:
+used = what this pool's workers hold on it (`Held`: the bytes a worker reported when
+ready, else its start command's estimate), one process entry per worker, like NVML's
+per-process list. The orchestrator takes those entries out of `used` (they are ours)
+and counts each worker once (see orchestrator.snapshot.DeviceView).
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from common.config import DeviceConfig
 from llama_orch.v1 import common_pb2
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """Memory one of this pool's workers holds, or will hold, on one device."""
+    device_id: str
+    bytes: int
+    pid: int = 0  # 0 while its process is being spawned
+
+
+@dataclass(slots=True)
+class Claim:
+    """What a start command asked for: `bytes` on every device of its mask. It counts
+    while its worker runs, and before that while its process is being spawned (so two
+    starts in flight cannot both take the same room)."""
+    worker_id: str
+    device_ids: tuple[str, ...]
+    bytes: int
+    spawning: bool = True  # cleared once the spawn returned or failed
+
+
+def held(workers: Iterable, claims: Mapping[str, Claim]) -> list[Held]:
+    """What the supervisor's workers (WorkerProcess records) hold, device by device:
+    reported bytes once ready, else the claim's estimate; plus claims still spawning."""
+    out: list[Held] = []
+    running = set()
+    for w in workers:
+        running.add(w.worker_id)
+        claim = claims.get(w.worker_id)
+        reported = w.info.device_bytes if w.info is not None else {}
+        for dev in w.device_ids:
+            size = reported.get(dev, claim.bytes if claim is not None else 0)
+            if size:
+                out.append(Held(dev, size, w.proc.pid))
+    for c in claims.values():
+        if c.worker_id not in running and c.spawning:
+            out.extend(Held(dev, c.bytes) for dev in c.device_ids)
+    return out
 
 CPU_DEVICE_ID = "cpu"
 
@@ -96,7 +141,28 @@ def meminfo() -> tuple[int, int]:
     return fields.get("MemTotal", 0), fields.get("MemAvailable", fields.get("MemFree", 0))
 
 
-def take(nvml: Nvml, declared: list[DeviceConfig], engines: list[str]) -> common_pb2.Inventory:
+def simulated(declared: list[DeviceConfig], holdings: Iterable[Held] = (),
+              first_index: int = 0) -> list[common_pb2.Device]:
+    """The declared devices, their memory in use being what this pool's workers hold."""
+    devices = [common_pb2.Device(id=d.id, index=first_index + i,
+                                 kind=common_pb2.DEVICE_KIND_SIMULATED,
+                                 name=f"simulated: {d.name}", memory_total_bytes=d.memory_bytes)
+               for i, d in enumerate(declared)]
+    by_id = {d.id: d for d in devices}
+    for h in holdings:
+        dev = by_id.get(h.device_id)
+        if dev is not None:
+            dev.memory_used_bytes += h.bytes
+            if h.pid:
+                dev.processes.add(pid=h.pid, used_memory_bytes=h.bytes)
+    for dev in devices:
+        dev.memory_free_bytes = max(0, dev.memory_total_bytes - dev.memory_used_bytes)
+    return devices
+
+
+def take(nvml: Nvml, declared: list[DeviceConfig], engines: list[str],
+         holdings: Iterable[Held] = ()) -> common_pb2.Inventory:
+    """The pool's devices now. `holdings`: what its workers hold (simulated devices)."""
     total, available = meminfo()
     inv = common_pb2.Inventory(
         nvml_status=nvml.status, hostname=socket.gethostname(), cpu_count=os.cpu_count() or 1,
@@ -109,8 +175,5 @@ def take(nvml: Nvml, declared: list[DeviceConfig], engines: list[str]) -> common
                         name=f"CPU ({os.cpu_count()} cores; {nvml.status})",
                         memory_total_bytes=total, memory_used_bytes=total - available,
                         memory_free_bytes=available)
-    for i, d in enumerate(declared):
-        inv.devices.add(id=d.id, index=len(gpus) + 1 + i, kind=common_pb2.DEVICE_KIND_SIMULATED,
-                        name=f"simulated: {d.name}", memory_total_bytes=d.memory_bytes,
-                        memory_used_bytes=0, memory_free_bytes=d.memory_bytes)
+    inv.devices.extend(simulated(declared, holdings, first_index=len(gpus) + 1))
     return inv

@@ -33,12 +33,15 @@ class PoolLink:
         self.callback_address = callback_address
         self.outbox: asyncio.Queue[pool_link_pb2.ConnectRequest] = asyncio.Queue()
         self._seq = 0
+        self._claims: dict[str, inventory.Claim] = {}  # start commands' memory, by worker id
 
     def send(self, msg: pool_link_pb2.ConnectRequest) -> None:
         self.outbox.put_nowait(msg)
 
     def inventory(self) -> common_pb2.Inventory:
-        return inventory.take(self.nvml, self.cfg.devices, self.engines)
+        # May run in a thread (heartbeats): copy what the event loop changes.
+        holdings = inventory.held(list(self.supervisor.workers.values()), dict(self._claims))
+        return inventory.take(self.nvml, self.cfg.devices, self.engines, holdings)
 
     async def run(self) -> None:
         backoff = 0.2
@@ -151,15 +154,26 @@ class PoolLink:
         if overlap := exclusive & self.supervisor.devices_in_use():
             raise OrchError("DEVICE_MASK_OVERLAP", f"devices {sorted(overlap)} already run a worker",
                             param="device_ids")
+        # Memory on every device of the mask. Simulated devices are counted now, not from
+        # `inv` (taken before an await), so two starts in flight cannot share the room.
+        self._claims = {k: c for k, c in self._claims.items()
+                        if k in self.supervisor.workers or c.spawning}
+        simulated = {d.id: d for d in inventory.simulated(self.cfg.devices, inventory.held(
+            self.supervisor.workers.values(), self._claims))}
         for d in cmd.device_ids:
-            free = devices[d].memory_free_bytes
-            if devices[d].kind != common_pb2.DEVICE_KIND_SIMULATED and cmd.memory_estimate_bytes > free:
+            free = (simulated[d] if d in simulated else devices[d]).memory_free_bytes
+            if cmd.memory_estimate_bytes > free:
                 raise OrchError("INSUFFICIENT_MEMORY", f"{d}: needs {cmd.memory_estimate_bytes} bytes, "
                                 f"{free} free", param="device_ids")
         if cmd.worker_id in self.supervisor.workers:
             raise OrchError("INVALID_ARGUMENT", f"worker {cmd.worker_id} already exists")
-        wp = await self.supervisor.spawn(cmd, {d.id for d in inv.devices
-                                               if d.kind == common_pb2.DEVICE_KIND_GPU})
+        claim = self._claims[cmd.worker_id] = inventory.Claim(
+            cmd.worker_id, tuple(cmd.device_ids), cmd.memory_estimate_bytes)
+        try:
+            wp = await self.supervisor.spawn(cmd, {d.id for d in inv.devices
+                                                   if d.kind == common_pb2.DEVICE_KIND_GPU})
+        finally:
+            claim.spawning = False  # from here on the worker itself, if any, holds it
         self.send(pool_link_pb2.ConnectRequest(worker_starting=pool_link_pb2.WorkerStarting(
             worker_id=cmd.worker_id, model_ref=cmd.model_ref, device_ids=list(cmd.device_ids),
             pid=wp.proc.pid, engine=cmd.engine)))

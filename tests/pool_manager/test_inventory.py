@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 from common.config import DeviceConfig
 from llama_orch.v1 import common_pb2 as C
 from pool_manager import inventory
@@ -25,3 +27,40 @@ def test_declared_devices_are_marked_simulated():
     assert [d.id for d in sims] == ["sim-0", "sim-1"]
     assert all(d.name.startswith("simulated") for d in sims)
     assert sims[0].memory_free_bytes == 8 << 30
+
+
+def _proc(pid):
+    return SimpleNamespace(pid=pid)
+
+
+def _worker(wid, devices, pid, reported=None):
+    info = C.WorkerInfo(worker_id=wid, device_bytes=reported) if reported is not None else None
+    return SimpleNamespace(worker_id=wid, device_ids=devices, proc=_proc(pid), info=info)
+
+
+def test_simulated_memory_in_use_is_what_our_workers_hold_reported_else_estimated():
+    claims = {c.worker_id: c for c in (
+        inventory.Claim("ready", ("sim-0", "sim-1"), 3 << 30, spawning=False),
+        inventory.Claim("loading", ("sim-0",), 2 << 30, spawning=False),
+        inventory.Claim("spawning", ("sim-1",), 1 << 30),
+        inventory.Claim("exited", ("sim-0",), 4 << 30, spawning=False))}
+    workers = [_worker("ready", ("sim-0", "sim-1"), 100, {"sim-0": 1 << 30, "sim-1": 1 << 30}),
+               _worker("loading", ("sim-0",), 101)]
+    held = inventory.held(workers, claims)
+    inv = inventory.take(inventory.Nvml("test: no NVML"),
+                         [DeviceConfig(id="sim-0", memory_bytes=8 << 30),
+                          DeviceConfig(id="sim-1", memory_bytes=8 << 30)], ["sim"], held)
+    sim0, sim1 = (d for d in inv.devices if d.kind == C.DEVICE_KIND_SIMULATED)
+    # sim-0: 1 GiB reported by "ready" + the 2 GiB estimate of "loading"; "exited" is gone.
+    assert (sim0.memory_used_bytes, sim0.memory_free_bytes) == (3 << 30, 5 << 30)
+    assert {(p.pid, p.used_memory_bytes) for p in sim0.processes} == \
+        {(100, 1 << 30), (101, 2 << 30)}
+    # sim-1: "ready"'s report + "spawning", which has no process yet (so no entry).
+    assert (sim1.memory_used_bytes, sim1.memory_free_bytes) == (2 << 30, 6 << 30)
+    assert [(p.pid, p.used_memory_bytes) for p in sim1.processes] == [(100, 1 << 30)]
+
+
+def test_a_full_simulated_device_reports_no_free_memory_not_a_negative_one():
+    [dev] = inventory.simulated([DeviceConfig(id="sim-0", memory_bytes=1 << 30)],
+                                [inventory.Held("sim-0", 2 << 30, 7)])
+    assert (dev.memory_used_bytes, dev.memory_free_bytes) == (2 << 30, 0)
