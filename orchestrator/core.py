@@ -99,7 +99,12 @@ class Orchestrator:
                      correlation_id: str = "") -> tuple[JobRecord, bool]:
         """Admit and persist a job; it is durable when this returns. A repeated
         Idempotency-Key returns the earlier job (or IDEMPOTENCY_CONFLICT if the request
-        differs)."""
+        differs).
+
+        Without a key the job is scheduled while its row is being committed: the
+        commit overlaps dispatch and the worker's first step instead of preceding
+        them, and nothing of the job is visible (events, outcome) before the row is
+        committed. If the store refuses the row, the job is withdrawn."""
         if idempotency_key:
             existing = await self._by_idempotency_key(idempotency_key)
             if existing is not None:
@@ -112,6 +117,17 @@ class Orchestrator:
         self._order += 1
         job = JobRecord(new_job_id(), spec, admitted, correlation_id=correlation_id,
                         idempotency_key=idempotency_key, order=self._order)
+        if not idempotency_key:
+            try:
+                self._track(job)
+                job.append(queued=F.JobQueued(priority=spec.priority or common_pb2.PRIORITY_INTERACTIVE))
+                self._admitted(job, correlation_id)
+                self.wake()
+                await self.durability.insert(job)
+            except StoreError as exc:
+                self._withdraw(job, exc)
+                raise job.cancel_error from None
+            return job, False
         try:
             await self.durability.insert(job)
         except DuplicateKey:
@@ -123,13 +139,28 @@ class Orchestrator:
             raise OrchError("UNAVAILABLE", f"the state store refused the job: {exc}") from None
         self._track(job)
         job.append(queued=F.JobQueued(priority=spec.priority or common_pb2.PRIORITY_INTERACTIVE))
+        self._admitted(job, correlation_id)
+        self.wake()
+        return job, False
+
+    def _admitted(self, job: JobRecord, correlation_id: str) -> None:
+        admitted = job.admitted
         metrics.ADMISSIONS.labels(component="orchestrator", outcome="admitted").inc()
         self.facts.publish(F.FACT_KIND_JOB_ADMITTED, f"admitted for {admitted.model.name}",
                            job_id=job.job_id, model_ref=job.model_ref,
                            correlation_id=correlation_id, priority=admitted.priority.name.lower(),
                            prompt_tokens=len(admitted.prompt_ids), seed=str(admitted.seed))
-        self.wake()
-        return job, False
+
+    def _withdraw(self, job: JobRecord, cause: Exception) -> None:
+        """The store refused a job already scheduled: it never existed for the client."""
+        self._dequeue(job.job_id)
+        self.jobs.pop(job.job_id, None)
+        job.cancel_requested = True
+        job.cancel_error = OrchError("UNAVAILABLE", f"the state store refused the job: {cause}")
+        if job.call is not None:
+            job.call.cancel()
+        self.facts.publish(F.FACT_KIND_JOB_FAILED, job.cancel_error.message, level=F.FACT_LEVEL_ERROR,
+                           job_id=job.job_id, model_ref=job.model_ref, error_code="UNAVAILABLE")
 
     def _track(self, job: JobRecord) -> None:
         """Make a live job known to the loop: table, queue (if queued), deadline."""

@@ -93,3 +93,15 @@ async def test_a_restart_continues_above_the_reservation_and_realigns_clients(ma
     assert resumed.seq == realign.seq and resumed.WhichOneof("kind") == "divergence"
     row = await store.get_job(job.job_id)
     assert row.job.seq_reserved > SEQ_BLOCK  # the new block is committed before it shows
+
+
+async def test_a_job_whose_row_the_store_refuses_is_withdrawn(make):
+    orch, store = await make()
+    facts = orch.facts.watch([E.FACT_KIND_JOB_FAILED])
+    await store.close()
+    with pytest.raises(Exception) as err:
+        await orch.submit(spec())
+    assert getattr(err.value, "code", None) == "UNAVAILABLE"
+    assert not orch.queue and not orch.jobs  # nothing left to schedule or to look up
+    fact = await asyncio.wait_for(anext(facts), 5)
+    assert fact.attributes["error_code"] == "UNAVAILABLE"
