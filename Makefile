@@ -30,9 +30,11 @@ lint: setup
 	$(VENV)/bin/buf lint
 	$(PY) tools/gen_protos.py --check
 
-## Regenerate gen/ from proto/ (Python messages, .pyi stubs, gRPC stubs).
+## Regenerate gen/ from proto/ (Python messages, .pyi stubs, gRPC stubs; Go stubs).
 gen: setup
 	$(PY) tools/gen_protos.py
+	tools/install_go.sh
+	tools/gen_go.sh
 
 bench: setup
 	$(PY) bench/run.py
