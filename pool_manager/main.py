@@ -40,7 +40,8 @@ async def serve(cfg: config_mod.Config) -> None:
         if link is not None:
             link.send(pool_link_pb2.ConnectRequest(worker_exited=report))
 
-    supervisor = Supervisor(callback_address, on_exit, cpu_threads=pc.cpu_threads, grace_s=pc.stop_grace_s)
+    supervisor = Supervisor(callback_address, on_exit, cpu_threads=pc.cpu_threads,
+                            grace_s=pc.stop_grace_s, sim_in_process=pc.sim_in_process)
     nvml = inventory.Nvml.open()
     link = PoolLink(pc, supervisor, nvml, available_engines(), callback_address)
     worker_callback_pb2_grpc.add_WorkerCallbackServiceServicer_to_server(

@@ -5,6 +5,11 @@ and stops when it is re-parented, so no worker outlives its manager. (No preexec
 here: running Python between fork and exec in a process with gRPC threads crashes the
 child with SIGSEGV/SIGABRT now and then.) On exit the supervisor reports the exit
 code or signal and the last lines of stderr.
+
+The one exception, for scale tests only: with `sim_in_process`, a worker whose engine
+is `sim` runs as a task in this process (pool_manager.inprocess), from the same command
+line. Either way `WorkerProcess.proc` is a `Proc`: the supervisor stops, reaps and
+reports both alike.
 """
 
 from __future__ import annotations
@@ -15,20 +20,38 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from common import log
 from llama_orch.v1 import common_pb2, errors_pb2, pool_link_pb2
+from pool_manager.inprocess import InProcessWorker
 
 STDERR_TAIL_LINES = 20
+IN_PROCESS = "in-process (simulated)"
+
+
+class Proc(Protocol):
+    """What the supervisor uses of a worker: asyncio.subprocess.Process has it, and so
+    does pool_manager.inprocess.InProcessWorker (pid = this process's)."""
+
+    pid: int
+    returncode: int | None  # negative: ended by that signal
+    stderr: AsyncIterable[bytes] | None  # lines; ends when the worker does
+
+    async def wait(self) -> int: ...
+    def send_signal(self, sig: int) -> None: ...
+    def kill(self) -> None: ...
+
+
 @dataclass(eq=False)
 class WorkerProcess:
     worker_id: str
     model_ref: str
     engine: str
     device_ids: tuple[str, ...]
-    proc: asyncio.subprocess.Process
+    proc: Proc
     started: float = field(default_factory=time.monotonic)
     stderr_tail: collections.deque = field(
         default_factory=lambda: collections.deque(maxlen=STDERR_TAIL_LINES))
@@ -39,17 +62,19 @@ class WorkerProcess:
     # What the worker announced when ready; re-announced when the link re-registers, so
     # a restarted orchestrator adopts running workers instead of starting new ones.
     info: common_pb2.WorkerInfo | None = None
+    in_process: bool = False
 
 
 class Supervisor:
     """Owns this pool's worker processes. `on_exit` receives a WorkerExited report."""
 
     def __init__(self, callback_address: str, on_exit: Callable[[pool_link_pb2.WorkerExited], None],
-                 cpu_threads: int = 1, grace_s: float = 5.0):
+                 cpu_threads: int = 1, grace_s: float = 5.0, sim_in_process: bool = False):
         self.callback_address = callback_address
         self.on_exit = on_exit
         self.cpu_threads = cpu_threads
         self.grace_s = grace_s
+        self.sim_in_process = sim_in_process  # PoolConfig.sim_in_process; never a default
         self.workers: dict[str, WorkerProcess] = {}
 
     def devices_in_use(self) -> set[str]:
@@ -57,12 +82,7 @@ class Supervisor:
 
     async def spawn(self, cmd: pool_link_pb2.StartWorkerCommand, gpu_ids: set[str],
                     model_dir: str = "") -> WorkerProcess:
-        env = dict(os.environ)
-        gpus = [d for d in cmd.device_ids if d in gpu_ids]
-        # NVML ids are UUIDs, which CUDA_VISIBLE_DEVICES accepts directly.
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-        env["PYTHONUNBUFFERED"] = "1"
-        args = [sys.executable, "-m", "worker", "--worker-id", cmd.worker_id,
+        args = ["--worker-id", cmd.worker_id,
                 "--model-ref", cmd.model_ref, "--engine", cmd.engine or "hf",
                 "--devices", ",".join(cmd.device_ids), "--callback", self.callback_address,
                 "--listen", "127.0.0.1:0", "--threads", str(self.cpu_threads)]
@@ -70,10 +90,22 @@ class Supervisor:
             args += ["--model-dir", model_dir]
         for key, value in sorted(cmd.engine_options.items()):
             args += ["--option", f"{key}={value}"]
-        proc = await asyncio.create_subprocess_exec(
-            *args, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE)
-        wp = WorkerProcess(cmd.worker_id, cmd.model_ref, cmd.engine, tuple(cmd.device_ids), proc)
+        in_process = self.sim_in_process and cmd.engine == "sim"
+        if in_process:
+            proc: Proc = InProcessWorker(args)
+            log.emit("pool_manager", "worker.spawned", f"{cmd.worker_id} {IN_PROCESS}",
+                     worker_id=cmd.worker_id, model_ref=cmd.model_ref, in_process=True)
+        else:
+            env = dict(os.environ)
+            gpus = [d for d in cmd.device_ids if d in gpu_ids]
+            # NVML ids are UUIDs, which CUDA_VISIBLE_DEVICES accepts directly.
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+            env["PYTHONUNBUFFERED"] = "1"
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "worker", *args, env=env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        wp = WorkerProcess(cmd.worker_id, cmd.model_ref, cmd.engine, tuple(cmd.device_ids), proc,
+                           in_process=in_process)
         self.workers[cmd.worker_id] = wp
         asyncio.create_task(self._watch(wp))
         return wp
@@ -95,7 +127,8 @@ class Supervisor:
             report.exit_code = code
         if wp.reported_error is not None:
             report.error.CopyFrom(wp.reported_error)
-        log.emit("pool_manager", "worker.exited", f"{wp.worker_id} exited",
+        log.emit("pool_manager", "worker.exited",
+                 f"{wp.worker_id} exited" + (f" ({IN_PROCESS})" if wp.in_process else ""),
                  level="info" if wp.stopping else "error", worker_id=wp.worker_id,
                  exit_code=code if code >= 0 else None,
                  signal=report.signal_name or None)

@@ -10,6 +10,9 @@ the pool manager announces is already serving. A worker that cannot start calls
 ReportFailure (when the callback answers), writes ONE line `worker: CODE: reason` to
 stderr and exits 2; nothing else is written to stderr before it is ready, so that line
 is what the pool manager reads back. Once ready, stderr carries JSON log lines.
+
+`run` is that flow without the process around it (signals, orphan watch, exit status):
+the pool manager's in-process sim workers (pool_manager/inprocess.py) run it too.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -30,6 +35,9 @@ from common.errors import OrchError
 from common.grpc_server import Server, channel
 from common.log import emit
 from llama_orch.v1 import worker_callback_pb2, worker_callback_pb2_grpc
+
+if TYPE_CHECKING:
+    from worker.engines.base import Engine
 
 _T0 = time.monotonic()  # as close to process start as this module gets
 _PARENT = os.getppid()  # taken at start: the parent may die while we load
@@ -41,10 +49,11 @@ ORPHAN_POLL_S = 1.0
 
 class _ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse's two-line usage dump would break the contract
-        _die(OrchError("CONFIG_INVALID", message))
+        raise OrchError("CONFIG_INVALID", message)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; a bad one raises OrchError CONFIG_INVALID."""
     ap = _ArgumentParser(prog="python -m worker", description="llama-orch worker (one model)")
     ap.add_argument("--worker-id", required=True)
     ap.add_argument("--model-ref", required=True,
@@ -143,17 +152,23 @@ def _endpoint(listen: str, port: int) -> str:
     return f"{'127.0.0.1' if host in ('', '0.0.0.0', '[::]') else host}:{port}"
 
 
-async def _load_engine(args: argparse.Namespace, stop: asyncio.Event):
-    """The loaded engine, or None when told to stop first; failures end the process."""
+async def _load_engine(args: argparse.Namespace, stop: asyncio.Event,
+                       prepare: Callable[[Engine], None] | None) -> Engine | None:
+    """The loaded engine, or None when told to stop first; a failure is reported to the
+    callback and raised."""
     from worker.engines import create
 
     try:
-        engine = create(args.engine, model_path(args.model_ref, args.model_dir), args.devices, args.threads,
-                        parse_options(args.option))
+        engine = create(args.engine, model_path(args.model_ref, args.model_dir), args.devices,
+                        args.threads, parse_options(args.option))
+        if prepare is not None:
+            prepare(engine)
         load = asyncio.ensure_future(_in_daemon_thread(engine.load))
         stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait([load, stopping], return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
+        try:
+            await asyncio.wait([load, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
         if not load.done():
             return None
         load.result()
@@ -163,7 +178,7 @@ async def _load_engine(args: argparse.Namespace, stop: asyncio.Event):
     except Exception as exc:  # noqa: BLE001 - whatever else breaks a load is one code
         failure = OrchError("ENGINE_ERROR", f"{type(exc).__name__}: {exc}")
     await _report_failure(args, failure)
-    _die(failure)
+    raise failure
 
 
 async def _report_ready(args: argparse.Namespace, service, load_ms: int) -> None:
@@ -194,13 +209,18 @@ async def _stop_when_orphaned(stop: asyncio.Event, worker_id: str) -> None:
          worker_id=worker_id)
 
 
-async def serve(args: argparse.Namespace) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    orphan_watch = asyncio.ensure_future(_stop_when_orphaned(stop, args.worker_id))
-    engine = await _load_engine(args, stop)
+async def run(args: argparse.Namespace, stop: asyncio.Event, *, started: float = _T0,
+              prepare: Callable[[Engine], None] | None = None,
+              on_ready: Callable[[], None] | None = None) -> int:
+    """A worker's life without its process: load, serve, ReportReady, serve until `stop`
+    is set, shut down (running jobs cancelled, 5 s for streams to end). Returns 0.
+
+    A start that fails is reported to the callback (when it answers) and raised as
+    OrchError. `started` is when the start began (for load_ms); `prepare(engine)` runs
+    before the load; `on_ready()` runs once ReportReady was taken. Cancelling the task
+    that runs this stops the server at once (a forced stop).
+    """
+    engine = await _load_engine(args, stop, prepare)
     if engine is None:
         return 0  # told to stop while loading: nothing to report
 
@@ -214,27 +234,41 @@ async def serve(args: argparse.Namespace) -> int:
         service.identity.endpoint = _endpoint(args.listen, server.bind(args.listen))
     except OrchError as err:
         await _report_failure(args, err)
-        _die(err)
+        raise
     await server.start()
-    load_ms = int((time.monotonic() - _T0) * 1000)
     try:
-        await _report_ready(args, service, load_ms)
-    except OrchError as err:  # no pool manager to serve: do not linger as an orphan
-        await server.stop(0)
-        _die(err)
-    _log_held_warnings()
-    emit("worker", "worker.ready", worker_id=args.worker_id, endpoint=service.identity.endpoint,
-         model_ref=args.model_ref, engine=engine.name, engine_version=engine.version,
-         device=engine.device, context_length=engine.context_length, load_ms=load_ms)
-
-    await stop.wait()
-    orphan_watch.cancel()
-    emit("worker", "worker.stopping", worker_id=args.worker_id)
-    service.cancel_all("worker stopping")
-    await server.stop(grace=5.0)
-    engine.close()
+        load_ms = int((time.monotonic() - started) * 1000)
+        await _report_ready(args, service, load_ms)  # no pool manager: do not linger
+        if on_ready is not None:
+            on_ready()
+        emit("worker", "worker.ready", worker_id=args.worker_id,
+             endpoint=service.identity.endpoint, model_ref=args.model_ref, engine=engine.name,
+             engine_version=engine.version, device=engine.device,
+             context_length=engine.context_length, slots=service.slots, load_ms=load_ms)
+        await stop.wait()
+        emit("worker", "worker.stopping", worker_id=args.worker_id)
+        service.cancel_all("worker stopping")
+        await server.stop(grace=5.0)
+    finally:
+        await server.stop(0)  # done already, unless the start failed or this was cancelled
+        engine.close()
     emit("worker", "worker.stopped", worker_id=args.worker_id)
     return 0
+
+
+async def serve(args: argparse.Namespace) -> int:
+    """The process: `run` until SIGTERM/SIGINT or until the parent is gone."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    orphan_watch = asyncio.ensure_future(_stop_when_orphaned(stop, args.worker_id))
+    try:
+        return await run(args, stop, on_ready=_log_held_warnings)
+    except OrchError as err:
+        _die(err)
+    finally:
+        orphan_watch.cancel()
 
 
 # Libraries warn on stderr while loading; held until ready (the one-line contract),
@@ -258,7 +292,10 @@ def _log_held_warnings() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except OrchError as err:
+        _die(err)
     # Before torch starts: thread pools sized once; cuBLAS needs this for determinism;
     # nothing may reach the network; library chatter stays off stderr.
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))

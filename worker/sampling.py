@@ -13,13 +13,19 @@ random draw uses float64 on the CPU with a `torch.Generator` seeded per choice, 
 token depends only on the logits and the seed, not on the device or on other jobs.
 Logprobs are reported from the model's own distribution (raw logits, before penalties
 and temperature), like vLLM's default.
+
+torch is imported inside the functions that use it, not here: every worker imports
+this module for SamplingConfig, and a `sim` worker must not pay ~200 MB of RSS for a
+library it never calls.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 GREEDY_BELOW = 1e-5  # temperatures this small are treated as 0
 
@@ -44,6 +50,8 @@ class SamplingConfig:
 
 def make_generator(seed: int) -> torch.Generator:
     """A CPU generator for one choice; seeds are uint64 on the wire."""
+    import torch
+
     return torch.Generator(device="cpu").manual_seed(seed & 0xFFFF_FFFF_FFFF_FFFF)
 
 
@@ -58,6 +66,8 @@ def apply_penalties(logits: torch.Tensor, counts: torch.Tensor,
 
 def mask_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the k highest logits (ties at the k-th value are all kept); k <= 0 is off."""
+    import torch
+
     if k <= 0 or k >= logits.numel():
         return logits
     kth = torch.topk(logits, k).values[-1]
@@ -66,6 +76,8 @@ def mask_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
 
 def mask_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Keep the smallest set of most likely tokens whose probability reaches p."""
+    import torch
+
     if p >= 1.0:
         return logits
     order = torch.argsort(logits, descending=True, stable=True)
@@ -79,6 +91,8 @@ def mask_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
 def choose(logits: torch.Tensor, cfg: SamplingConfig, counts: torch.Tensor,
            generator: torch.Generator) -> int:
     """Pick the next token from a 1-D float logits vector (see the module docstring)."""
+    import torch
+
     logits = apply_penalties(logits.float(), counts, cfg.presence_penalty, cfg.frequency_penalty)
     if cfg.greedy:
         return int(torch.argmax(logits))
@@ -94,6 +108,8 @@ def choose(logits: torch.Tensor, cfg: SamplingConfig, counts: torch.Tensor,
 def token_logprobs(logits: torch.Tensor, token_id: int,
                    top: int) -> tuple[float, list[tuple[int, float]]]:
     """The chosen token's logprob and the `top` most likely alternatives."""
+    import torch
+
     logp = torch.log_softmax(logits.double(), dim=-1)
     alternatives: list[tuple[int, float]] = []
     if top > 0:

@@ -1,10 +1,14 @@
-"""WorkerService: one slot, a cancel handle for the job in it, and worker status.
+"""WorkerService: the engine's slots, a cancel handle per running job, and worker status.
 
-The slot is taken and released without an await in between, so two Execute calls
-can never both pass the busy check. It is released just before the job's terminal
-event is sent, so a caller that has seen `end`, `error` or CANCELLED can dispatch the
-next job at once without meeting WORKER_BUSY; and it is released too when the caller
-goes away (the RPC is cancelled), which also stops generation.
+A worker runs up to `engine.slots` jobs at once (1 for `hf`; the `sim` engine's `slots`
+setting), each known by its job id. A slot is taken and released without an await in
+between, so concurrent Execute calls never take more slots than there are: a call that
+finds them all taken is refused with WORKER_BUSY (and one for a job id already running
+here with INVALID_ARGUMENT: a job never runs twice at once). A slot is released just
+before the job's terminal event is sent, so a caller that has seen `end`, `error` or
+CANCELLED can dispatch the next job at once without meeting WORKER_BUSY; and it is
+released too when the caller goes away (the RPC is cancelled), which also stops
+generation.
 """
 
 from __future__ import annotations
@@ -51,25 +55,22 @@ def _terminal(event: worker_pb2.ExecuteResponse, choices: int) -> bool:
 
 
 class WorkerService(worker_pb2_grpc.WorkerServiceServicer):
-    """Serves Execute, Cancel and GetStatus over one engine with one slot."""
-
-    slots = 1
+    """Serves Execute, Cancel and GetStatus over one engine with `engine.slots` slots."""
 
     def __init__(self, engine: Engine, identity: Identity):
         self.engine = engine
         self.identity = identity
-        self._running: Control | None = None
+        self.slots = max(1, engine.slots)
+        self._running: dict[str, Control] = {}  # by job id: one entry per taken slot
         self._last_used = identity.started_at
 
     async def Execute(self, request: worker_pb2.ExecuteRequest, context: grpc.aio.ServicerContext
                       ) -> AsyncIterator[worker_pb2.ExecuteResponse]:
-        if self._running is not None:
-            emit("worker", "worker.busy", level="warning", job_id=request.job_id,
-                 running_job_id=self._running.job_id, worker_id=self.identity.worker_id)
-            await OrchError("WORKER_BUSY", f"worker {self.identity.worker_id} is running job "
-                                           f"{self._running.job_id}").abort(context)
+        refused = self._refusal(request.job_id)
+        if refused is not None:
+            await refused.abort(context)
         deadline = time.monotonic() + request.deadline_ms / 1000 if request.deadline_ms else None
-        control = self._running = Control(request.job_id, deadline)
+        control = self._running[request.job_id] = Control(request.job_id, deadline)
         log = {"job_id": request.job_id, "correlation_id": request.correlation_id,
                "worker_id": self.identity.worker_id}
         emit("worker", "worker.job_started", attempt=request.attempt, **log)
@@ -94,15 +95,30 @@ class WorkerService(worker_pb2_grpc.WorkerServiceServicer):
                  ms=round((time.monotonic() - started) * 1000, 1),
                  level="info" if outcome in ("stop", "length") else "warning", **log)
 
+    def _refusal(self, job_id: str) -> OrchError | None:
+        """Why a new job cannot take a slot now, or None. The caller takes the slot
+        with no await in between, so the check and the take are one step."""
+        if job_id in self._running:
+            return OrchError("INVALID_ARGUMENT", f"job {job_id} is already running on worker "
+                             f"{self.identity.worker_id}", param="job_id")
+        if len(self._running) < self.slots:
+            return None
+        running = ", ".join(sorted(self._running))
+        emit("worker", "worker.busy", level="warning", job_id=job_id, running_job_ids=running,
+             worker_id=self.identity.worker_id)
+        return OrchError("WORKER_BUSY", f"worker {self.identity.worker_id} is running "
+                         f"{len(self._running)} of {self.slots} jobs: {running}")
+
     def _release(self, control: Control) -> None:
-        if self._running is control:
-            self._running = None
+        # Idempotent: called before the terminal event and again when the call ends.
+        if self._running.get(control.job_id) is control:
+            del self._running[control.job_id]
             self._last_used = time.time()
 
     async def Cancel(self, request: worker_pb2.CancelRequest,
                      context: grpc.aio.ServicerContext) -> worker_pb2.CancelResponse:
-        running = self._running
-        if running is None or running.job_id != request.job_id:
+        running = self._running.get(request.job_id)
+        if running is None:
             return worker_pb2.CancelResponse(was_running=False)
         running.cancel()
         emit("worker", "worker.job_cancel", job_id=request.job_id,
@@ -110,23 +126,24 @@ class WorkerService(worker_pb2_grpc.WorkerServiceServicer):
         return worker_pb2.CancelResponse(was_running=True)
 
     def cancel_all(self, reason: str) -> None:
-        """Shutdown: the running job ends with CANCELLED at its next token."""
-        if self._running is not None:
-            self._running.cancel(reason)
+        """Shutdown: every running job ends with CANCELLED at its next token."""
+        for control in self._running.values():
+            control.cancel(reason)
 
     def worker_info(self) -> common_pb2.WorkerInfo:
-        busy = self._running is not None
+        active = len(self._running)
         ident = self.identity
         return common_pb2.WorkerInfo(
             worker_id=ident.worker_id, model_ref=ident.model_ref, engine=self.engine.name,
             device_ids=ident.device_ids, endpoint=ident.endpoint, pid=ident.pid,
-            state=common_pb2.WORKER_STATE_BUSY if busy else common_pb2.WORKER_STATE_READY,
+            state=(common_pb2.WORKER_STATE_BUSY if active >= self.slots
+                   else common_pb2.WORKER_STATE_READY),
             device_bytes=self.engine.device_bytes(), started_at=_timestamp(ident.started_at),
-            active_jobs=int(busy), slots=self.slots, engine_version=self.engine.version,
+            active_jobs=active, slots=self.slots, engine_version=self.engine.version,
             model_digest=self.engine.digest, last_used_at=_timestamp(self._last_used))
 
     async def GetStatus(self, request: worker_pb2.GetStatusRequest,
                         context: grpc.aio.ServicerContext) -> worker_pb2.GetStatusResponse:
-        running = [self._running.job_id] if self._running is not None else []
-        return worker_pb2.GetStatusResponse(worker=self.worker_info(), running_job_ids=running,
+        return worker_pb2.GetStatusResponse(worker=self.worker_info(),
+                                            running_job_ids=list(self._running),
                                             context_length=self.engine.context_length)

@@ -16,19 +16,18 @@ import signal
 import socket
 import struct
 import sys
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 import pytest_asyncio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from common.errors import OrchError, code_name
-from llama_orch.v1 import (common_pb2, worker_callback_pb2, worker_callback_pb2_grpc, worker_pb2,
-                           worker_pb2_grpc)
+from llama_orch.v1 import common_pb2, worker_callback_pb2, worker_pb2, worker_pb2_grpc
+from tests.worker.conftest import Callbacks, callback_server
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "models" / "tiny"
@@ -39,32 +38,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 # assert that, so a rebuilt model that breaks it fails loudly, not flakily).
 LONG = dict(prompt="Once upon a time", temperature=1.5, seed=3, max_tokens=480)
 _job_ids = itertools.count()
-
-
-class Callbacks(worker_callback_pb2_grpc.WorkerCallbackServiceServicer):
-    """A stand-in pool manager that records what workers report."""
-
-    def __init__(self):
-        self.address = ""
-        self.ready: dict[str, worker_callback_pb2.ReportReadyRequest] = {}
-        self.health_at_ready: dict[str, int] = {}
-        self.failures: dict[str, worker_callback_pb2.ReportFailureRequest] = {}
-        self.arrived: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
-
-    async def ReportReady(self, request, context):
-        # Server-before-ready: the endpoint must already answer health checks now.
-        async with grpc.aio.insecure_channel(request.endpoint) as ch:
-            reply = await health_pb2_grpc.HealthStub(ch).Check(
-                health_pb2.HealthCheckRequest(service="llama_orch.v1.WorkerService"), timeout=5)
-        self.health_at_ready[request.worker_id] = reply.status
-        self.ready[request.worker_id] = request
-        self.arrived[request.worker_id].set()
-        return worker_callback_pb2.ReportReadyResponse()
-
-    async def ReportFailure(self, request, context):
-        self.failures[request.worker_id] = request
-        self.arrived[request.worker_id].set()
-        return worker_callback_pb2.ReportFailureResponse()
 
 
 @dataclass
@@ -118,13 +91,8 @@ async def wait_ready(callbacks: Callbacks, worker: Worker) -> Worker:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def callbacks():
-    cb = Callbacks()
-    server = grpc.aio.server()
-    worker_callback_pb2_grpc.add_WorkerCallbackServiceServicer_to_server(cb, server)
-    cb.address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
-    await server.start()
-    yield cb
-    await server.stop(0)
+    async with callback_server() as cb:  # module-scoped: the workers outlive one test
+        yield cb
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

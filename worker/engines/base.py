@@ -7,6 +7,7 @@ engine (`trtllm`, `sim`) implements only this:
     engine = EngineClass(model_path, devices, threads, options)  # cheap checks only
     engine.load()                    # blocking, may take minutes; raises OrchError
     engine.context_length / version / digest / device / eos_token_ids / vocab_size
+    engine.slots                     # concurrent generate() calls it serves (default 1)
     engine.device_bytes()            # {device id: bytes in use}
     engine.encode(text) / encode_chat(messages) / decode(ids) / token_text(id, previous)
     async for step in engine.generate(prompt_ids, sampling): ...
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from common.errors import OrchError
 
-if TYPE_CHECKING:  # sampling imports torch; a refused option must not wait for that
+if TYPE_CHECKING:
     from worker.sampling import SamplingConfig
 
 
@@ -77,6 +78,12 @@ class Engine(abc.ABC):
         self.devices = list(devices)
         self.threads = threads
         self.options = dict(options)
+
+    @property
+    def slots(self) -> int:
+        """Jobs the worker runs at once; each runs its choices through `generate` one
+        after another. 1 unless the engine batches sequences."""
+        return 1
 
     @abc.abstractmethod
     def load(self) -> None:

@@ -18,7 +18,9 @@ Timing, per choice, from a second generator seeded by the same seed:
 concurrent generate() calls than slots wait for one. Fault injection: `error_rate`
 fails a choice at a seeded point (the worker reports ENGINE_ERROR);
 `crash_after_tokens` ends the process with status 13 once that many tokens were
-emitted in all; `hang_after_tokens` stops every stream there and never resumes.
+emitted in all (through `engine.crash`, which a host running sim workers inside its
+own process replaces, so that only the one worker ends); `hang_after_tokens` stops
+every stream there and never resumes.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import math
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 
 from common.errors import OrchError
@@ -145,11 +147,17 @@ class SimEngine(Engine):
                             f"options ({', '.join(sorted(SETTINGS))})", param="sim.json")
         merged = {key: spec[1] for key, spec in SETTINGS.items()} | defaults | dict(options)
         self.settings = {key: _setting(key, value) for key, value in merged.items()}
-        self.slots = int(self.settings["slots"])
         self._slot_free = asyncio.Semaphore(self.slots)  # binds to a loop on first wait
         self._active = 0
         self._emitted = 0  # tokens emitted by every choice, for crash/hang injection
         self._tokenizer: _Words | _HfTokenizer | None = None
+        # Ends the worker with a status; a replacement may return, and then must tear
+        # the worker down (its streams break, as when a process dies).
+        self.crash: Callable[[int], None] = _exit_process
+
+    @property
+    def slots(self) -> int:
+        return int(self.settings["slots"])
 
     def load(self) -> None:
         time.sleep(self.settings["load_ms"] / 1000)
@@ -214,7 +222,8 @@ class SimEngine(Engine):
         if crash and self._emitted >= crash:
             emit("worker", "sim.crash", f"crash_after_tokens={crash} reached; exiting "
                  f"{CRASH_STATUS}", level="warning")
-            os._exit(CRASH_STATUS)
+            self.crash(CRASH_STATUS)
+            await asyncio.Event().wait()  # the worker is being torn down around us
         if hang and self._emitted >= hang:
             await asyncio.Event().wait()  # forever; only task cancellation ends it
 
@@ -224,6 +233,10 @@ class SimEngine(Engine):
         logprob = -math.log(len(self._choices))  # a uniform model
         others = rng.sample(self._choices, min(sampling.top_logprobs, len(self._choices)))
         return Step(token, logprob=logprob, top=tuple((i, logprob) for i in others))
+
+
+def _exit_process(status: int) -> None:
+    os._exit(status)
 
 
 def _spread(rng: random.Random, centre_ms: float, spread_ms: float) -> float:
