@@ -27,7 +27,9 @@ SERVER_OPTIONS = [
 CHANNEL_OPTIONS = [
     # Reconnect quickly after a peer restarts (gRPC's default backoff grows to 120 s).
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
+    # Not grpc.min_reconnect_backoff_ms: gRPC core also uses it as the minimum *connect
+    # timeout* (20 s by default), and at 100 ms a loaded machine failed fresh connections
+    # to workers ("timed out before receiving SETTINGS frame").
     ("grpc.max_reconnect_backoff_ms", 2000),
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),

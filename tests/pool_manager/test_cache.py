@@ -295,7 +295,8 @@ async def test_a_file_ref_is_served_in_place(cache, tmp_path, root):
 
 
 def test_the_fetch_command_prints_path_and_pinned_ref_or_one_error_line(tmp_path, hub):
-    env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf-home"),
+    # HF_HUB_OFFLINE=0: other test modules set it to 1 for the whole session.
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf-home"),
            "HF_HUB_DISABLE_TELEMETRY": "1"}
 
     def fetch(ref: str) -> subprocess.CompletedProcess:
