@@ -38,6 +38,8 @@ class GatewayConfig:
     orchestrator: str = "127.0.0.1:9100"
     # Request bodies over this size get 413.
     max_body_bytes: int = 4 * 1024 * 1024
+    # The most choices (`n`) one generation request may ask for; above it is a 400.
+    max_n: int = 8
 
 
 @dataclass
@@ -86,8 +88,9 @@ class PoolConfig:
     # Model cache (hf: downloads). Empty means <data_dir>/models. 0 budget = no limit.
     cache_dir: str = ""
     cache_budget_bytes: int = 0
-    # Models kept in RAM / page cache for fast worker starts ("hot-loading"). 0 = none.
-    ram_budget_bytes: int = 0
+    # Models kept in RAM / page cache for fast worker starts ("hot-loading", on the
+    # orchestrator's command). -1 = a quarter of this machine's RAM; 0 = off.
+    ram_budget_bytes: int = -1
     # Run `sim` workers inside the pool manager (one gRPC server each) instead of one OS
     # process each: only for scale tests with hundreds of simulated workers. Never a default.
     sim_in_process: bool = False
@@ -146,9 +149,12 @@ class Config:
             if model.memory_bytes < 0:
                 raise ConfigError(f"models.{name}.memory_bytes must not be negative",
                                   param=f"models.{name}.memory_bytes")
-        for key in ("cache_budget_bytes", "ram_budget_bytes"):
-            if getattr(self.pool, key) < 0:
-                raise ConfigError(f"pool.{key} must not be negative", param=f"pool.{key}")
+        if self.pool.cache_budget_bytes < 0:
+            raise ConfigError("pool.cache_budget_bytes must not be negative",
+                              param="pool.cache_budget_bytes")
+        if self.pool.ram_budget_bytes < -1:
+            raise ConfigError("pool.ram_budget_bytes must be -1 (auto), 0 (off) or a size",
+                              param="pool.ram_budget_bytes")
         return self
 
 

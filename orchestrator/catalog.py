@@ -3,7 +3,9 @@
 Only the orchestrator resolves aliases (pool managers see canonical refs). The catalog
 also renders chat prompts and counts tokens, so admission can check the context
 length before anything is queued; it loads only `tokenizers` and a Jinja template,
-never the weights.
+never the weights. For `hf:` models it fetches just those files (PROMPT_FILES) into its
+own cache at start (`fetch_prompting`); until then their jobs are refused with
+MODEL_UNSERVABLE, and the weights are fetched by the pool managers that run them.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
 from common.config import ModelConfig
+from common import model_ref
 from common.errors import InvalidInput, OrchError
 
 TINY_PATH = Path(__file__).resolve().parents[1] / "models" / "tiny"
+# What admission needs of a model (chat_template.jinja is optional).
+PROMPT_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class Catalog:
     _by_ref: dict[str, CatalogModel] = field(default_factory=dict)
     _prompting: dict[str, _Prompting] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _configs: dict[str, ModelConfig] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, configured: dict[str, ModelConfig]) -> "Catalog":
@@ -77,8 +83,11 @@ class Catalog:
             cat.add(name, mc)
         return cat
 
-    def add(self, name: str, mc: ModelConfig) -> CatalogModel:
-        path = Path(mc.ref.removeprefix("file:")) if mc.ref.startswith("file:") else None
+    def add(self, name: str, mc: ModelConfig, path: Path | None = None) -> CatalogModel:
+        """Add a model; `path` is where an hf: model's prompt files were fetched."""
+        ref = model_ref.parse(mc.ref)  # INVALID_MODEL_REF for anything malformed
+        if ref.kind == "file":
+            path = Path(ref.path)
         ctx = mc.context_length
         size = 0
         created = 0
@@ -98,7 +107,29 @@ class Catalog:
                              device_count=mc.devices, memory_bytes=mc.memory_bytes)
         self.models[name] = model
         self._by_ref[mc.ref] = model
+        self._configs[name] = mc
         return model
+
+    async def fetch_prompting(self, cache) -> list[tuple[str, OrchError]]:
+        """Fetch the prompt files of every hf: model (`cache`: a pool_manager.cache.ModelCache
+        in the orchestrator's data dir); returns the models that failed, with why."""
+        failed = []
+        for name, model in list(self.models.items()):
+            ref = model_ref.parse(model.ref)
+            if ref.kind != "hf" or model.path is not None or ref.file:
+                continue
+            try:
+                folder = None
+                for file in PROMPT_FILES:
+                    try:
+                        folder = (await cache.ensure(f"{model.ref}::file={file}")).path
+                    except OrchError as err:
+                        if not (file == "chat_template.jinja" and err.code == "MODEL_NOT_FOUND"):
+                            raise
+                self.add(name, self._configs[name], path=folder)
+            except OrchError as err:
+                failed.append((name, err))
+        return failed
 
     def resolve(self, name: str) -> CatalogModel:
         model = self.models.get(name) or self._by_ref.get(name)
@@ -118,7 +149,8 @@ class Catalog:
             if p is not None:
                 return p
             if model.path is None:
-                raise OrchError("MODEL_UNSERVABLE", f"{model.ref}: no local tokenizer to count tokens")
+                raise OrchError("MODEL_UNSERVABLE", f"{model.ref}: its tokenizer is not fetched "
+                                "(yet): see the orchestrator's model.fetch facts")
             tok = Tokenizer.from_file(str(model.path / "tokenizer.json"))
             tcfg = _read_json(model.path / "tokenizer_config.json")
             source = tcfg.get("chat_template")

@@ -34,6 +34,18 @@ def build_server(orch: Orchestrator) -> Server:
     return server
 
 
+async def fetch_catalog(orch: Orchestrator, cfg: config_mod.Config) -> None:
+    """hf: models need their tokenizer here before admission can count tokens."""
+    from pool_manager.cache import ModelCache  # huggingface_hub only when it is needed
+    if not any(m.ref.startswith("hf:") for m in orch.catalog.models.values()):
+        return
+    cache = ModelCache(cfg.data_dir / "catalog")
+    for name, err in await orch.catalog.fetch_prompting(cache):
+        orch.facts.publish(events_pb2.FACT_KIND_MODEL_DOWNLOADING,
+                           f"{name}: cannot fetch its tokenizer: {err.code}: {err.message}",
+                           level=events_pb2.FACT_LEVEL_ERROR, model=name, error_code=err.code)
+
+
 async def serve(cfg: config_mod.Config) -> None:
     url = cfg.orchestrator.database or url_for_data_dir(cfg.data_dir)
     try:
@@ -50,6 +62,7 @@ async def serve(cfg: config_mod.Config) -> None:
                           param="orchestrator.metrics_listen") from None
     await orch.start()
     await server.start()
+    catalog_fetch = asyncio.create_task(fetch_catalog(orch, cfg))
     orch.facts.publish(events_pb2.FACT_KIND_COMPONENT_STARTED, f"listening on {cfg.orchestrator.listen}",
                        mode=cfg.mode, models=sorted(orch.catalog.models))
     stop = asyncio.Event()
@@ -58,6 +71,7 @@ async def serve(cfg: config_mod.Config) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     orch.facts.publish(events_pb2.FACT_KIND_COMPONENT_STOPPED, "shutting down")
+    catalog_fetch.cancel()
     # A stop must end the process: if some part of the shutdown hangs, exit anyway after
     # SHUTDOWN_LIMIT_S (everything admitted is already in the store; restart recovers it).
     guard = threading.Timer(SHUTDOWN_LIMIT_S, _force_exit)

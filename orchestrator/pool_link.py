@@ -15,7 +15,7 @@ import time
 import grpc
 
 from common.errors import OrchError
-from llama_orch.v1 import pool_link_pb2, pool_link_pb2_grpc
+from llama_orch.v1 import events_pb2, pool_link_pb2, pool_link_pb2_grpc
 from orchestrator.core import Orchestrator
 from orchestrator.registry import PoolRecord
 
@@ -69,10 +69,34 @@ class PoolLinkServicer(pool_link_pb2_grpc.PoolLinkServiceServicer):
                 orch.worker_ready(pool.pool_id, msg.worker_ready.worker, msg.worker_ready.load_ms)
             elif kind == "worker_exited":
                 self._exited(msg.worker_exited)
+            elif kind == "model_progress":
+                self._model(pool, msg.model_progress)
             elif kind == "result":
                 fut = pool.pending.get(msg.result.command_id)
                 if fut is not None and not fut.done():
                     fut.set_result(msg.result)
+
+    _MODEL_FACTS = {
+        pool_link_pb2.MODEL_PHASE_DOWNLOADING: events_pb2.FACT_KIND_MODEL_DOWNLOADING,
+        pool_link_pb2.MODEL_PHASE_CACHED: events_pb2.FACT_KIND_MODEL_CACHED,
+        pool_link_pb2.MODEL_PHASE_PRELOADED: events_pb2.FACT_KIND_MODEL_PRELOADED,
+        pool_link_pb2.MODEL_PHASE_EVICTED: events_pb2.FACT_KIND_MODEL_EVICTED,
+        pool_link_pb2.MODEL_PHASE_FAILED: events_pb2.FACT_KIND_MODEL_DOWNLOADING,
+    }
+
+    def _model(self, pool: PoolRecord, p: pool_link_pb2.ModelProgress) -> None:
+        """A pool's model phase (download progress, cached at a commit, ...) as a fact."""
+        failed = p.phase == pool_link_pb2.MODEL_PHASE_FAILED
+        phase = pool_link_pb2.ModelPhase.Name(p.phase).removeprefix("MODEL_PHASE_").lower()
+        message = (f"{p.model_ref}: {OrchError.from_detail(p.error).code}: {p.error.message}"
+                   if failed else f"{p.model_ref}: {phase}")
+        self.orch.facts.publish(
+            self._MODEL_FACTS.get(p.phase, events_pb2.FACT_KIND_MODEL_DOWNLOADING), message,
+            level=events_pb2.FACT_LEVEL_ERROR if failed else events_pb2.FACT_LEVEL_INFO,
+            pool_id=pool.pool_id, model_ref=p.model_ref, phase=phase,
+            bytes_done=p.bytes_done or None, bytes_total=p.bytes_total or None,
+            resolved_revision=p.resolved_revision or None,
+            error_code=OrchError.from_detail(p.error).code if failed else None)
 
     def _exited(self, ex: pool_link_pb2.WorkerExited) -> None:
         details = {"exit_code": ex.exit_code if ex.HasField("exit_code") else None,

@@ -18,6 +18,7 @@ from common.config import PoolConfig
 from common.errors import OrchError
 from llama_orch.v1 import common_pb2, pool_link_pb2, pool_link_pb2_grpc
 from pool_manager import inventory
+from pool_manager.models import Models
 from pool_manager.supervisor import Supervisor
 
 VERSION = "0.1.0"
@@ -25,8 +26,9 @@ VERSION = "0.1.0"
 
 class PoolLink:
     def __init__(self, cfg: PoolConfig, supervisor: Supervisor, nvml: inventory.Nvml,
-                 engines: list[str], callback_address: str):
+                 engines: list[str], callback_address: str, models: Models | None = None):
         self.cfg = cfg
+        self.models = models
         self.supervisor = supervisor
         self.nvml = nvml
         self.engines = engines
@@ -34,6 +36,17 @@ class PoolLink:
         self.outbox: asyncio.Queue[pool_link_pb2.ConnectRequest] = asyncio.Queue()
         self._seq = 0
         self._claims: dict[str, inventory.Claim] = {}  # start commands' memory, by worker id
+        self._holds: dict[str, str] = {}  # worker id -> the pinned model ref it runs from
+
+    def worker_exited(self, report: pool_link_pb2.WorkerExited) -> None:
+        """A worker ended: its model may be evicted again; the orchestrator is told."""
+        pinned = self._holds.pop(report.worker_id, None)
+        if pinned is not None and self.models is not None:
+            self.models.released(pinned)
+        self.send(pool_link_pb2.ConnectRequest(worker_exited=report))
+
+    def residency(self) -> list[common_pb2.ModelResidency]:
+        return self.models.residency() if self.models is not None else []
 
     def send(self, msg: pool_link_pb2.ConnectRequest) -> None:
         self.outbox.put_nowait(msg)
@@ -63,7 +76,8 @@ class PoolLink:
             pending = [m for m in self._drain() if m.WhichOneof("message") == "worker_exited"]
             registration = pool_link_pb2.ConnectRequest(registration=pool_link_pb2.PoolRegistration(
                 pool_id=self.cfg.id, version=VERSION, inventory=self.inventory(),
-                address=self.callback_address, workers=self.worker_infos()))
+                address=self.callback_address, workers=self.worker_infos(),
+                models=self.residency()))
             call = stub.Connect(self._upward(registration, pending))
             heartbeat = None
             try:
@@ -114,7 +128,8 @@ class PoolLink:
             self._seq += 1
             inv = await asyncio.to_thread(self.inventory)
             self.send(pool_link_pb2.ConnectRequest(heartbeat=pool_link_pb2.PoolHeartbeat(
-                seq=self._seq, inventory=inv, workers=self.worker_infos())))
+                seq=self._seq, inventory=inv, workers=self.worker_infos(),
+                models=self.residency())))
 
     async def _execute(self, cmd: pool_link_pb2.PoolCommand) -> None:
         result = pool_link_pb2.CommandResult(command_id=cmd.command_id, ok=True)
@@ -129,6 +144,14 @@ class PoolLink:
                 if not await self.supervisor.stop(cmd.stop_worker.worker_id, grace_s=grace,
                                                   force=cmd.stop_worker.force):
                     raise OrchError("NOT_FOUND", f"no worker {cmd.stop_worker.worker_id} here")
+            elif kind in ("fetch_model", "preload_model", "evict_model") and self.models is None:
+                raise OrchError("INVALID_ARGUMENT", f"this pool manager has no model cache ({kind})")
+            elif kind == "fetch_model":
+                await self.models.fetch(cmd.fetch_model.model_ref)
+            elif kind == "preload_model":
+                await self.models.preload(cmd.preload_model.model_ref)
+            elif kind == "evict_model":
+                await self.models.evict(cmd.evict_model.model_ref, cmd.evict_model.from_disk)
             else:
                 raise OrchError("INVALID_ARGUMENT", f"this pool manager cannot {kind} yet")
         except OrchError as err:
@@ -169,11 +192,21 @@ class PoolLink:
             raise OrchError("INVALID_ARGUMENT", f"worker {cmd.worker_id} already exists")
         claim = self._claims[cmd.worker_id] = inventory.Claim(
             cmd.worker_id, tuple(cmd.device_ids), cmd.memory_estimate_bytes)
+        pinned = ""
         try:
+            model_dir = ""
+            if self.models is not None:  # a model not cached yet is fetched first
+                model_dir, pinned = await self.models.for_worker(cmd.model_ref)
             wp = await self.supervisor.spawn(cmd, {d.id for d in inv.devices
-                                                   if d.kind == common_pb2.DEVICE_KIND_GPU})
+                                                   if d.kind == common_pb2.DEVICE_KIND_GPU},
+                                             model_dir=model_dir)
+            if pinned:
+                self._holds[cmd.worker_id] = pinned
+                pinned = ""
         finally:
             claim.spawning = False  # from here on the worker itself, if any, holds it
+            if pinned and self.models is not None:  # fetched, but the spawn failed
+                self.models.released(pinned)
         self.send(pool_link_pb2.ConnectRequest(worker_starting=pool_link_pb2.WorkerStarting(
             worker_id=cmd.worker_id, model_ref=cmd.model_ref, device_ids=list(cmd.device_ids),
             pid=wp.proc.pid, engine=cmd.engine)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import os
 import signal
 import sys
 
@@ -12,9 +13,12 @@ from common import config as config_mod, log
 from common.errors import OrchError
 from common.grpc_server import Server
 from llama_orch.v1 import pool_link_pb2, worker_callback_pb2, worker_callback_pb2_grpc
-from pool_manager import inventory
+from pool_manager import inventory, leftovers
+from pool_manager.cache import ModelCache
 from pool_manager.callbacks import CallbackServicer
 from pool_manager.link import PoolLink
+from pool_manager.models import Models
+from pool_manager.preload import Preloader
 from pool_manager.supervisor import Supervisor
 
 
@@ -28,6 +32,13 @@ def available_engines() -> list[str]:
     return engines
 
 
+def ram_budget(configured: int) -> int:
+    """-1 (the default): a quarter of physical RAM, so preloads never crowd out workers."""
+    if configured >= 0:
+        return configured
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+
+
 async def serve(cfg: config_mod.Config) -> None:
     pc = cfg.pool
     server = Server([worker_callback_pb2.DESCRIPTOR.services_by_name["WorkerCallbackService"].full_name])
@@ -38,12 +49,22 @@ async def serve(cfg: config_mod.Config) -> None:
 
     def on_exit(report: pool_link_pb2.WorkerExited) -> None:
         if link is not None:
-            link.send(pool_link_pb2.ConnectRequest(worker_exited=report))
+            link.worker_exited(report)
 
+    # Workers a predecessor left behind (it was killed while one hung) are stopped
+    # before anything new starts.
+    ledger = leftovers.Ledger(leftovers.default_path(cfg.data_dir, pc.id))
+    for left in await ledger.sweep(pc.stop_grace_s):
+        log.emit("pool_manager", "pool.leftover", f"{left.worker_id} (pid {left.pid}): {left.how}",
+                 worker_id=left.worker_id, pid=left.pid, how=left.how)
     supervisor = Supervisor(callback_address, on_exit, cpu_threads=pc.cpu_threads,
-                            grace_s=pc.stop_grace_s, sim_in_process=pc.sim_in_process)
+                            grace_s=pc.stop_grace_s, sim_in_process=pc.sim_in_process,
+                            ledger=ledger)
     nvml = inventory.Nvml.open()
-    link = PoolLink(pc, supervisor, nvml, available_engines(), callback_address)
+    models = Models(ModelCache(config_mod.pool_cache_dir(cfg), pc.cache_budget_bytes),
+                    Preloader(ram_budget(pc.ram_budget_bytes)),
+                    lambda p: link.send(pool_link_pb2.ConnectRequest(model_progress=p)))
+    link = PoolLink(pc, supervisor, nvml, available_engines(), callback_address, models)
     worker_callback_pb2_grpc.add_WorkerCallbackServiceServicer_to_server(
         CallbackServicer(supervisor, link.send), server.grpc)
     await server.start()

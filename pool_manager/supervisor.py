@@ -27,6 +27,7 @@ from typing import Protocol
 from common import log
 from llama_orch.v1 import common_pb2, errors_pb2, pool_link_pb2
 from pool_manager.inprocess import InProcessWorker
+from pool_manager.leftovers import Ledger
 
 STDERR_TAIL_LINES = 20
 IN_PROCESS = "in-process (simulated)"
@@ -69,8 +70,12 @@ class Supervisor:
     """Owns this pool's worker processes. `on_exit` receives a WorkerExited report."""
 
     def __init__(self, callback_address: str, on_exit: Callable[[pool_link_pb2.WorkerExited], None],
-                 cpu_threads: int = 1, grace_s: float = 5.0, sim_in_process: bool = False):
+                 cpu_threads: int = 1, grace_s: float = 5.0, sim_in_process: bool = False,
+                 ledger: Ledger | None = None):
         self.callback_address = callback_address
+        # Worker processes are written down, so a restarted pool manager can stop the
+        # ones this one leaves behind if it dies (pool_manager/leftovers.py).
+        self.ledger = ledger
         self.on_exit = on_exit
         self.cpu_threads = cpu_threads
         self.grace_s = grace_s
@@ -104,6 +109,8 @@ class Supervisor:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "worker", *args, env=env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            if self.ledger is not None:
+                self.ledger.record(cmd.worker_id, proc.pid)
         wp = WorkerProcess(cmd.worker_id, cmd.model_ref, cmd.engine, tuple(cmd.device_ids), proc,
                            in_process=in_process)
         self.workers[cmd.worker_id] = wp
@@ -118,6 +125,8 @@ class Supervisor:
             sys.stderr.write(line + "\n")  # workers log JSON lines; pass them through
         code = await wp.proc.wait()
         self.workers.pop(wp.worker_id, None)
+        if self.ledger is not None and not wp.in_process:
+            self.ledger.forget(wp.worker_id)
         report = pool_link_pb2.WorkerExited(worker_id=wp.worker_id, expected=wp.stopping,
                                             stderr_tail="\n".join(wp.stderr_tail))
         if code < 0:
