@@ -107,6 +107,40 @@ class ModelConfig:
     memory_bytes: int = 0
 
 
+_MODE_DEFAULTS = {  # (tls, auth, audit)
+    "home": (False, False, "off"),
+    "lab": (True, True, "inter-service"),
+    "platform": (True, True, "all"),
+}
+AUDIT_LEVELS = ("off", "inter-service", "all")
+
+
+@dataclass
+class SecurityConfig:
+    """ARCHITECTURE §6. Unset (None) settings take the mode's default; in platform mode
+    any setting that weakens the matrix is refused at start."""
+    # mTLS on the pool link, the worker API and the client API.
+    tls: bool | None = None  # home: off; lab: on; platform: on, always
+    # Every client request carries an API key (scope client|admin, bound to a tenant).
+    auth: bool | None = None  # home: off; lab: on; platform: on, always
+    # "off" | "inter-service" | "all"
+    audit: str | None = None  # home: off; lab: inter-service; platform: all, always
+    # Home mode binds loopback only; this lets an operator bind elsewhere (logged).
+    allow_non_loopback: bool = False
+    # The orchestrator's CA and this daemon's key/certificate; empty = <data_dir>/pki.
+    pki_dir: str = ""
+    cert_ttl_s: int = 7 * 24 * 3600
+    join_token_ttl_s: int = 3600
+    # Signed registrations older (or newer) than this are refused.
+    registration_max_skew_s: int = 300
+
+
+@dataclass
+class SchedulerConfig:
+    # "builtin", or the path of an operator's Lua policy (not in platform mode).
+    policy: str = "builtin"
+
+
 @dataclass
 class Config:
     mode: str = "home"
@@ -115,18 +149,27 @@ class Config:
     orchestrator: OrchestratorConfig = field(default_factory=OrchestratorConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
     models: dict[str, ModelConfig] = field(default_factory=dict)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+    @property
+    def tenancy(self) -> bool:
+        """Tenants, quotas, budgets, billing and provider earnings: platform mode only."""
+        return self.mode == "platform"
 
     def validate(self) -> "Config":
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}",
                               param="mode")
+        self._apply_mode()
         for key, addr in (("gateway.listen", self.gateway.listen),
                           ("orchestrator.listen", self.orchestrator.listen),
                           ("orchestrator.metrics_listen", self.orchestrator.metrics_listen),
                           ("pool.listen", self.pool.listen)):
             host, _ = split_address(addr, key)
-            if self.mode == "home" and not is_loopback(host):
-                raise ConfigError(f"{key}={addr} is not loopback; home mode binds loopback only",
+            if self.mode == "home" and not is_loopback(host) and not self.security.allow_non_loopback:
+                raise ConfigError(f"{key}={addr} is not loopback; home mode binds loopback only "
+                                  "(set security.allow_non_loopback = true to override)",
                                   param=key)
         o = self.orchestrator
         if o.retry_max_attempts < 1 or o.retry_initial_s <= 0 or o.retry_multiplier < 1 or o.retry_cap_s <= 0:
@@ -156,6 +199,35 @@ class Config:
             raise ConfigError("pool.ram_budget_bytes must be -1 (auto), 0 (off) or a size",
                               param="pool.ram_budget_bytes")
         return self
+
+    def _apply_mode(self) -> None:
+        """Fill unset security settings from the mode; refuse what weakens platform mode."""
+        s = self.security
+        tls, auth, audit = _MODE_DEFAULTS[self.mode]
+        if s.audit is not None and s.audit not in AUDIT_LEVELS:
+            raise ConfigError(f"security.audit must be one of {', '.join(AUDIT_LEVELS)}, not {s.audit!r}",
+                              param="security.audit")
+        if self.mode == "platform":
+            weak = [("security.tls", s.tls is False, "plaintext links would carry strangers' prompts"),
+                    ("security.auth", s.auth is False, "every platform request must carry an API key"),
+                    ("security.audit", s.audit not in (None, "all"),
+                     "platform mode audits every authenticated request"),
+                    ("security.allow_non_loopback", False, ""),
+                    ("scheduler.policy", self.scheduler.policy != "builtin",
+                     "a scripted scheduler policy cannot run in platform mode")]
+            for key, bad, why in weak:
+                if bad:
+                    raise ConfigError(f"{key} cannot be weakened in platform mode: {why}", param=key)
+        s.tls = tls if s.tls is None else s.tls
+        s.auth = auth if s.auth is None else s.auth
+        s.audit = audit if s.audit is None else s.audit
+        if s.cert_ttl_s < 3600 or s.join_token_ttl_s < 1 or s.registration_max_skew_s < 1:
+            raise ConfigError("security.cert_ttl_s (>= 3600), join_token_ttl_s and "
+                              "registration_max_skew_s must be positive", param="security.cert_ttl_s")
+
+
+def pki_dir(cfg: "Config") -> Path:
+    return Path(cfg.security.pki_dir).expanduser() if cfg.security.pki_dir else cfg.data_dir / "pki"
 
 
 def pool_cache_dir(cfg: "Config") -> Path:
@@ -215,8 +287,14 @@ def _coerce(type_name: Any, value: Any, dotted: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{dotted} must be a table", param=dotted)
         return {k: _build(ModelConfig, v, f"{dotted}.{k}") for k, v in value.items()}
+    if t in ("bool | None", "str | None"):
+        if not isinstance(value, bool if t.startswith("bool") else str):
+            raise ConfigError(f"{dotted} must be {t.split(' ')[0]}, got {type(value).__name__}",
+                              param=dotted)
+        return value
     cls = {"GatewayConfig": GatewayConfig, "OrchestratorConfig": OrchestratorConfig,
-           "PoolConfig": PoolConfig}.get(t)
+           "PoolConfig": PoolConfig, "SecurityConfig": SecurityConfig,
+           "SchedulerConfig": SchedulerConfig}.get(t)
     if cls is not None:
         return _build(cls, value, dotted)
     raise ConfigError(f"{dotted}: unsupported setting type {t}", param=dotted)
