@@ -24,6 +24,8 @@ class _Choice:
     sent_text: str = ""
     ids: list[int] = field(default_factory=list)  # this attempt
     text: str = ""
+    # This attempt's logprobs, aligned with `ids` when the worker sends them.
+    logprobs: list[events_pb2.TokenLogprobs] = field(default_factory=list)
     diverged: bool = False
 
 
@@ -33,7 +35,7 @@ class Replay:
 
     def begin_attempt(self) -> None:
         for c in self.choices.values():
-            c.ids, c.text, c.diverged = [], "", False
+            c.ids, c.text, c.logprobs, c.diverged = [], "", [], False
 
     def attempt_text(self, index: int = 0) -> str:
         c = self.choices.get(index)
@@ -45,15 +47,17 @@ class Replay:
         start = len(c.ids)
         c.ids.extend(tokens.token_ids)
         c.text += tokens.text
+        c.logprobs.extend(tokens.logprobs)
         if c.diverged:
-            return [self._send(c, tokens.choice_index, list(tokens.token_ids), tokens.text)]
+            return [self._send(c, tokens.choice_index, list(tokens.token_ids), tokens.text,
+                               list(tokens.logprobs))]
         for at in range(start, min(len(c.ids), len(c.sent_ids))):
             if c.ids[at] != c.sent_ids[at]:
                 return self._diverge(c, tokens.choice_index, at)
         if len(c.ids) <= len(c.sent_ids):
             return []  # still inside what the client has
         return [self._send(c, tokens.choice_index, c.ids[len(c.sent_ids):],
-                           c.text[len(c.sent_text):])]
+                           c.text[len(c.sent_text):], c.logprobs[len(c.sent_ids):])]
 
     def _diverge(self, c: _Choice, index: int, at: int) -> list[dict]:
         c.diverged = True
@@ -62,10 +66,13 @@ class Replay:
         note = events_pb2.JobDivergence(
             token_index=at, choice_index=index, char_offset=offset, message=f"the retry differs from token {at} (character {offset}) on; "
             "what follows replaces what was sent after that point")
-        return [{"divergence": note}, self._send(c, index, c.ids[at:], c.text[offset:])]
+        return [{"divergence": note}, self._send(c, index, c.ids[at:], c.text[offset:],
+                                                 c.logprobs[at:])]
 
     @staticmethod
-    def _send(c: _Choice, index: int, ids: list[int], text: str) -> dict:
+    def _send(c: _Choice, index: int, ids: list[int], text: str,
+              logprobs: list[events_pb2.TokenLogprobs]) -> dict:
         c.sent_ids.extend(ids)
         c.sent_text += text
-        return {"tokens": events_pb2.JobTokens(choice_index=index, token_ids=ids, text=text)}
+        return {"tokens": events_pb2.JobTokens(choice_index=index, token_ids=ids, text=text,
+                                               logprobs=logprobs)}

@@ -57,3 +57,20 @@ def test_choices_are_tracked_separately():
     r.begin_attempt()
     assert r.on_tokens(tok([1], " a", 0)) == []
     assert kinds(r.on_tokens(tok([6], " f", 1))) == ["divergence", "tokens"]
+
+
+def lp(*tokens):
+    return [E.TokenLogprobs(token=t, logprob=-0.5) for t in tokens]
+
+
+def test_logprobs_travel_with_their_tokens_through_a_replay():
+    r = Replay()
+    [first] = r.on_tokens(E.JobTokens(token_ids=[1, 2], text=" a b", logprobs=lp(" a", " b")))
+    assert [x.token for x in first["tokens"].logprobs] == [" a", " b"]
+    r.begin_attempt()
+    [out] = r.on_tokens(E.JobTokens(token_ids=[1, 2, 3], text=" a b c", logprobs=lp(" a", " b", " c")))
+    assert list(out["tokens"].token_ids) == [3] and [x.token for x in out["tokens"].logprobs] == [" c"]
+    r.begin_attempt()
+    out = r.on_tokens(E.JobTokens(token_ids=[1, 9], text=" a z", logprobs=lp(" a", " z")))
+    assert kinds(out) == ["divergence", "tokens"]
+    assert [x.token for x in out[1]["tokens"].logprobs] == [" z"]
