@@ -10,7 +10,9 @@ carries the decisions out (each dispatched job is replaced by a new one for the 
 model, so every model's backlog stays steady and the queue at 10,000; starts add STARTING workers holding memory; stops mark workers STOPPING).
 200 warm-up cycles reach the steady state before measuring. Times decide() (wall and
 thread CPU), the builder and the validator separately, QueueIndex add/remove per op,
-and one burst cycle with every worker idle. Prints JSON; with --write updates the
+and one burst cycle with every worker idle. With --slots N every worker runs up to N jobs
+at once (continuous batching: a BUSY worker runs N, a READY one fewer; a fact ends one
+job), so a cycle may send one worker several jobs. Prints JSON; with --write updates the
 section of docs/BENCHMARKS.md between its markers. No timing assertions (it only
 checks that the validator accepts every decision).
 """
@@ -60,8 +62,10 @@ class Cluster:
     """A simulated cluster that carries out decide()'s decisions, so it reaches the steady
     state a real loop would: started workers hold memory, stopped ones release it."""
 
-    def __init__(self, rng: random.Random, pools: int, devices: int, models: int, jobs: int):
+    def __init__(self, rng: random.Random, pools: int, devices: int, models: int, jobs: int,
+                 slots: int = 1):
         self.rng = rng
+        self.slots = slots
         self.models = [f"hf:org/model-{i}@rev::file=m.gguf" for i in range(models)]
         single = models - 5
         self.mem = {m: (rng.choice([56, 60, 64, 68, 72]) if i < single - 5 else 16) * GIB
@@ -79,8 +83,11 @@ class Cluster:
             self.free[pid] = {}
             for d in range(devices):
                 m = self.models[(p * devices + d) % single]
-                w = WorkerView(f"w-{p}-{d}", pid, m, rng.choice(PHASES), (f"gpu{d}",),
-                               rng.random() * 100, self.mem[m])
+                phase = rng.choice(PHASES)
+                active = (slots if phase is WorkerPhase.BUSY else
+                          rng.randrange(slots) if slots > 1 and phase is WorkerPhase.READY else 0)
+                w = WorkerView(f"w-{p}-{d}", pid, m, phase, (f"gpu{d}",),
+                               rng.random() * 100, self.mem[m], slots, active)
                 self.workers[w.worker_id] = w
                 self.free[pid][f"gpu{d}"] = 80 * GIB - self.mem[m]
             self.refresh(pid)
@@ -102,13 +109,15 @@ class Cluster:
         return JobView(f"job-{self.order}", m, prio, self.order, self.mem[m], self.tp[m],
                        not_before=nb, attempts=1 if nb else 0)
 
-    def set(self, w: WorkerView, phase: WorkerPhase, last_used: float | None = None) -> None:
+    def set(self, w: WorkerView, phase: WorkerPhase, last_used: float | None = None,
+            active: int | None = None) -> None:
         self.workers[w.worker_id] = WorkerView(
             w.worker_id, w.pool_id, w.model_ref, phase, w.device_ids,
-            w.last_used if last_used is None else last_used, w.memory_bytes)
+            w.last_used if last_used is None else last_used, w.memory_bytes, w.slots,
+            w.active if active is None else active)
 
     def churn(self, fraction: float) -> None:
-        """Facts arrive: jobs end, starts finish, stops complete."""
+        """Facts arrive: a job ends (one per worker), starts finish, stops complete."""
         for wid in self.rng.sample(sorted(self.workers), int(len(self.workers) * fraction)):
             w = self.workers[wid]
             if w.phase is WorkerPhase.STOPPING:
@@ -116,8 +125,10 @@ class Cluster:
                 for d in w.device_ids:
                     self.free[w.pool_id][d] += w.memory_bytes
                 self.refresh(w.pool_id)
-            elif w.phase in (WorkerPhase.BUSY, WorkerPhase.STARTING):
-                self.set(w, WorkerPhase.READY, self.now)
+            elif w.phase is WorkerPhase.STARTING:
+                self.set(w, WorkerPhase.READY, self.now, 0)
+            elif w.active:
+                self.set(w, WorkerPhase.READY, self.now, w.active - 1)
 
     def carry_out(self, decisions, add_us: list, remove_us: list, counts: dict) -> None:
         for d in decisions:
@@ -126,7 +137,9 @@ class Cluster:
                 t = time.perf_counter_ns()
                 gone = self.index.remove(d.job_id)
                 remove_us.append((time.perf_counter_ns() - t) / 1e3)
-                self.set(self.workers[d.worker_id], WorkerPhase.BUSY, self.now)
+                w = self.workers[d.worker_id]
+                full = w.active + 1 >= w.slots
+                self.set(w, WorkerPhase.BUSY if full else WorkerPhase.READY, self.now, w.active + 1)
                 job = self.new_job(gone.model_ref)  # keeps each model's backlog steady
                 t = time.perf_counter_ns()
                 self.index.add(job)
@@ -135,7 +148,7 @@ class Cluster:
                 counts["start"] += 1
                 self.serial += 1
                 w = WorkerView(f"w-new-{self.serial}", d.pool_id, d.model_ref, WorkerPhase.STARTING,
-                               d.device_ids, self.now, d.memory_estimate)
+                               d.device_ids, self.now, d.memory_estimate, self.slots)
                 self.workers[w.worker_id] = w
                 for dev in d.device_ids:
                     self.free[d.pool_id][dev] -= d.memory_estimate
@@ -147,10 +160,10 @@ class Cluster:
                 counts["wait"] += 1
 
 
-def run(cycles: int, seed: int) -> dict:
+def run(cycles: int, seed: int, slots: int = 1) -> dict:
     rng = random.Random(seed)
     load_before = os.getloadavg()[0]
-    c = Cluster(rng, pools=125, devices=8, models=50, jobs=10_000)
+    c = Cluster(rng, pools=125, devices=8, models=50, jobs=10_000, slots=slots)
     decide_ms, decide_cpu_ms, build_ms, validate_ms, remove_us, add_us = [], [], [], [], [], []
     counts = {"dispatch": 0, "start": 0, "stop": 0, "wait": 0}
     warm = {"dispatch": 0, "start": 0, "stop": 0, "wait": 0}
@@ -183,7 +196,7 @@ def run(cycles: int, seed: int) -> dict:
         phases[w.phase.value] = phases.get(w.phase.value, 0) + 1
     # A burst: every worker READY at once (say, after the orchestrator restarts).
     for w in list(c.workers.values()):
-        c.set(w, WorkerPhase.READY)
+        c.set(w, WorkerPhase.READY, active=0)
     burst = build_snapshot(c.index, c.workers.values(), c.pools.values(), c.now,
                            estimates=c.estimates)
     burst_ms = []
@@ -204,7 +217,8 @@ def run(cycles: int, seed: int) -> dict:
         fill.remove(j.job_id)
     bulk_remove = (time.perf_counter_ns() - t) / 1e3 / len(jobs)
     return {
-        "workers": len(c.workers), "workers_by_phase": phases, "pools": len(c.pools),
+        "workers": len(c.workers), "workers_by_phase": phases, "slots": slots,
+        "pools": len(c.pools),
         "devices": len(c.pools) * 8, "models": len(c.models), "queued": len(c.index),
         "cycles": cycles, "decide_ms": stats(decide_ms), "decide_cpu_ms": stats(decide_cpu_ms),
         "build_snapshot_ms": stats(build_ms), "validate_ms": stats(validate_ms),
@@ -226,11 +240,13 @@ def render(r: dict) -> str:
     q, n = r["queue_index_us_per_op"], r["decisions_per_cycle"]
     ph = ", ".join(f"{k} {v}" for k, v in sorted(r["workers_by_phase"].items()))
     w = r["warmup_decisions"]
+    slots = f" --slots {r['slots']}" if r["slots"] != 1 else ""
+    each = f", {r['slots']} slots each" if r["slots"] != 1 else ""
     return f"""{START}
 ## Scheduler: decide() at 1,000 workers x 10,000 queued jobs
 
-`python bench/decide.py --write`: {r['pools']} simulated pools x 8 devices, {r['models']} models,
-1,000 workers at the start ({r['workers']} at the end: {ph}), {r['queued']} queued jobs
+`python bench/decide.py --write{slots}`: {r['pools']} simulated pools x 8 devices, {r['models']} models,
+1,000 workers at the start{each} ({r['workers']} at the end: {ph}), {r['queued']} queued jobs
 (30 % interactive, 5 % in retry backoff); {r['cycles']} measured cycles after 200 warm-up
 cycles (which took {w['start']} start and {w['stop']} stop decisions), 3 % of the workers
 reporting a fact per cycle. Python {r['python']}, {r['machine']}; 1-minute load average
@@ -258,9 +274,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--slots", type=int, default=1, help="jobs each worker runs at once")
     parser.add_argument("--write", action="store_true", help="update docs/BENCHMARKS.md")
     ns = parser.parse_args()
-    result = run(ns.cycles, ns.seed)
+    result = run(ns.cycles, ns.seed, ns.slots)
     print(json.dumps(result, indent=2))
     if ns.write:
         write_section("decide", render(result))

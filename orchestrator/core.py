@@ -365,13 +365,13 @@ class Orchestrator:
             job.state, job.worker_id, job.pool_id = JobState.DISPATCHED, worker.worker_id, worker.pool_id
             job.attempts += 1
             job.waiting_reason = ""
-            worker.phase, worker.job_id = WorkerPhase.BUSY, job.job_id
+            worker.reserve(job.job_id)  # unreserved when its relay ends (_run)
             job.append(dispatched=F.JobDispatched(worker_id=worker.worker_id, pool_id=worker.pool_id,
                                                   attempt=job.attempts))
             self.facts.publish(F.FACT_KIND_JOB_DISPATCHED, d.reason, job_id=job.job_id,
                                worker_id=worker.worker_id, pool_id=worker.pool_id,
                                model_ref=job.model_ref, correlation_id=job.correlation_id,
-                               attempt=job.attempts)
+                               attempt=job.attempts, running=len(worker.jobs), slots=worker.slots)
             self.durability.save_soon(job)
             asyncio.create_task(self._run(job, worker))
         elif isinstance(d, StartWorker):
@@ -427,10 +427,12 @@ class Orchestrator:
             await executor.relay(job, worker, outcome, started)
         except Exception as exc:  # a bug here must not wedge the worker or the job
             outcome.error = OrchError("INTERNAL", f"relay failed: {exc!r}")
-        if worker.phase is WorkerPhase.BUSY:
-            crashed = outcome.error is not None and outcome.error.code == "WORKER_CRASHED"
-            worker.phase = WorkerPhase.STOPPING if crashed else WorkerPhase.READY
-        worker.job_id, worker.last_used = "", time.time()
+        worker.unreserve(job.job_id)
+        if (outcome.error is not None and outcome.error.code == "WORKER_CRASHED"
+                and worker.phase in (WorkerPhase.READY, WorkerPhase.BUSY)):
+            # No more jobs for it. Jobs still in its other slots run on if it is alive;
+            # if it died, their streams break too and each is retried (below).
+            worker.phase = WorkerPhase.STOPPING
         metrics.DISPATCHES.labels(component="orchestrator", outcome="ended" if outcome.ended else (
             outcome.error.code if outcome.error else "unknown")).inc()
         if outcome.ended:
@@ -528,8 +530,11 @@ class Orchestrator:
                          model.memory_estimate_bytes if model else 0)
         w.pid = info.pid  # device memory is attributed to our workers by pid (registry)
         self.registry.workers[w.worker_id] = w
-        if info.state == common_pb2.WORKER_STATE_READY and info.endpoint:
-            w.phase, w.endpoint = WorkerPhase.READY, info.endpoint
+        if info.state in (common_pb2.WORKER_STATE_READY, common_pb2.WORKER_STATE_BUSY) \
+                and info.endpoint:
+            # Jobs it ran for an earlier link are not ours: their calls ended with that
+            # link, which frees their slots on the worker.
+            w.phase, w.endpoint, w.slots = WorkerPhase.READY, info.endpoint, max(1, info.slots)
             w.device_bytes = dict(info.device_bytes)
             w.engine, w.engine_version, w.model_digest = info.engine, info.engine_version, info.model_digest
         self.facts.publish(F.FACT_KIND_WORKER_READY if w.phase is WorkerPhase.READY
@@ -547,6 +552,9 @@ class Orchestrator:
         if w is None or w.pool_id != pool_id:
             return
         w.phase, w.endpoint, w.pid = WorkerPhase.READY, info.endpoint, info.pid
+        w.slots = max(1, info.slots)  # 0: a pool that does not report slots
+        if len(w.jobs) >= w.slots:  # a repeated report while it runs jobs
+            w.phase = WorkerPhase.BUSY
         w.device_bytes = dict(info.device_bytes)
         w.engine, w.engine_version, w.model_digest = info.engine, info.engine_version, info.model_digest
         w.last_used = time.time()
@@ -555,7 +563,7 @@ class Orchestrator:
         self.facts.publish(F.FACT_KIND_WORKER_READY, f"ready in {load_ms} ms", worker_id=w.worker_id,
                            pool_id=pool_id, model_ref=w.model_ref, endpoint=w.endpoint, pid=w.pid,
                            device_bytes={k: float(v) for k, v in w.device_bytes.items()},
-                           load_ms=load_ms)
+                           load_ms=load_ms, slots=w.slots)
         self.wake()
 
     def worker_gone(self, worker_id: str, error: OrchError | None, *, start_failed: bool = False,
@@ -576,9 +584,10 @@ class Orchestrator:
                                error_code=error.code, **details)
         if back_off and (start_failed or was_starting) and error is not None:
             self._start_failed(w.model_ref, error)
-        job = self.jobs.get(w.job_id) if w.job_id else None
-        if job is not None and not job.done and job.call is not None:
-            job.call.cancel()  # the relay reports WORKER_CRASHED for it
+        for job_id in sorted(w.jobs):  # every job in its slots
+            job = self.jobs.get(job_id)
+            if job is not None and not job.done and job.call is not None:
+                job.call.cancel()  # the relay reports WORKER_CRASHED for it (and retries)
         self.wake()
 
     def _start_failed(self, model_ref: str, error: OrchError) -> None:

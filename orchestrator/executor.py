@@ -2,7 +2,8 @@
 
 The worker's stream (started, tokens*, metrics*, end | error) becomes JobEvents with
 the job's own sequence numbers. A stream that breaks without a terminal event means
-the worker died: WORKER_CRASHED (retryable).
+the worker died: WORKER_CRASHED (retryable). A worker with several slots relays several
+jobs at once, each its own Execute stream over the worker's one channel.
 """
 
 from __future__ import annotations

@@ -12,9 +12,12 @@ order of its head job (priority, admission order):
   not unservable), none offers m's engine, or none has device_count devices whose TOTAL
   memory holds m's estimate.
 - StartAdvice(m, pool, devices) on idle devices (devices hosting no worker): while
-  pressure(m) = eligible(m) / (workers(m) + starts advised for m + 1) is at least
-  `min_backlog_per_worker`, advise the least-loaded fitting mask of idle devices,
-  most pressured model first; each idle device is advised once.
+  pressure(m) = eligible(m) / (lanes(m) + starts advised for m x slots(m) + 1) is at
+  least `min_backlog_per_worker`, advise the least-loaded fitting mask of idle devices,
+  most pressured model first; each idle device is advised once. lanes(m) sums the slots
+  of m's workers (jobs they run at once; 1 per worker that is not ready yet) and
+  slots(m) is the most any of them has (1 without workers): the backlog is measured per
+  slot, which for single-slot workers is per worker.
 - PreloadAdvice(pool, m) for models with no worker, no idle-device placement and no
   room anywhere without eviction: the pool that could hold m (by total memory) with the
   most free memory, so that the start after an eviction loads from RAM.
@@ -58,9 +61,14 @@ def advise(snap: Snapshot, budget_s: float = OptimizerConfig.budget_s,
             out.append(UnservableAdvice(job.model_ref, why))
         else:
             servable.append(job)
-    workers: dict[str, int] = {}
+    workers: dict[str, int] = {}  # model -> its workers
+    lanes: dict[str, int] = {}  # model -> their slots, summed
+    per: dict[str, int] = {}  # model -> slots of one of its workers (the most)
     for w in snap.workers.values():
-        workers[w.model_ref] = workers.get(w.model_ref, 0) + 1
+        m = w.model_ref
+        workers[m] = workers.get(m, 0) + 1
+        lanes[m] = lanes.get(m, 0) + w.slots
+        per[m] = max(per.get(m, 1), w.slots)
     idle_devs = {k for k in snap.devices if k not in snap.occupied
                  and snap.pools[k[0]].available}
     advised: dict[str, int] = {}
@@ -68,7 +76,7 @@ def advise(snap: Snapshot, budget_s: float = OptimizerConfig.budget_s,
     while servable and idle_devs and time.perf_counter() < deadline:
         def pressure(j: JobView) -> float:
             m = j.model_ref
-            return snap.eligible(m) / (workers.get(m, 0) + advised.get(m, 0) + 1)
+            return snap.eligible(m) / (lanes.get(m, 0) + advised.get(m, 0) * per.get(m, 1) + 1)
         job = max(servable, key=lambda j: (pressure(j), -j.priority, -j.order))
         if pressure(job) < cfg.min_backlog_per_worker:
             break

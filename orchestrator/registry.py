@@ -3,6 +3,13 @@
 Owned by the orchestrator's event loop (one writer). Pools are known by id; a pool
 that reconnects replaces its old link. Workers are announced by their pool manager;
 the orchestrator dials a worker only after its pool announced it READY.
+
+A worker runs up to `slots` jobs at once (continuous batching; 1 unless its ready
+report says more). Its slots are claimed in pairs: `reserve(job_id)` when a dispatch is
+carried out, `unreserve(job_id)` when the job's relay ends (idempotent, and safe for a
+job that never reserved). Phase follows the count while the worker serves: READY while
+a slot is free, BUSY when every slot is taken. A worker is *idle* when it is READY and
+runs no job; only idle workers are evicted.
 """
 
 from __future__ import annotations
@@ -37,7 +44,8 @@ class WorkerRecord:
     model_digest: str = ""
     started_at: float = field(default_factory=time.time)
     last_used: float = 0.0
-    job_id: str = ""
+    slots: int = 1  # jobs it runs at once, from its ready report (WorkerInfo.slots)
+    jobs: set[str] = field(default_factory=set)  # ids of the jobs in its slots
     _stub: worker_pb2_grpc.WorkerServiceStub | None = None
     _channel: object = None
 
@@ -52,6 +60,30 @@ class WorkerRecord:
             await self._channel.close()
             self._channel = self._stub = None
 
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.slots - len(self.jobs)) if self.phase is WorkerPhase.READY else 0
+
+    @property
+    def idle(self) -> bool:
+        return self.phase is WorkerPhase.READY and not self.jobs
+
+    def reserve(self, job_id: str) -> None:
+        """Put the job in a free slot (the caller checked there is one); BUSY when full."""
+        self.jobs.add(job_id)
+        if self.phase is WorkerPhase.READY and len(self.jobs) >= self.slots:
+            self.phase = WorkerPhase.BUSY
+
+    def unreserve(self, job_id: str) -> None:
+        """Free the job's slot: a full worker is READY again. Idempotent; a worker that
+        is STOPPING or GONE keeps its phase."""
+        if job_id not in self.jobs:
+            return
+        self.jobs.discard(job_id)
+        self.last_used = time.time()
+        if self.phase is WorkerPhase.BUSY and len(self.jobs) < self.slots:
+            self.phase = WorkerPhase.READY
+
     def bytes_on(self, device_id: str) -> int:
         return self.device_bytes.get(device_id, self.memory_estimate)
 
@@ -65,7 +97,7 @@ class WorkerRecord:
             worker_id=self.worker_id, pool_id=self.pool_id, model_ref=self.model_ref,
             engine=self.engine, device_ids=list(self.device_ids), state=state,
             endpoint=self.endpoint, device_bytes=self.device_bytes, pid=self.pid,
-            active_jobs=1 if self.job_id else 0, slots=1, engine_version=self.engine_version,
+            active_jobs=len(self.jobs), slots=self.slots, engine_version=self.engine_version,
             model_digest=self.model_digest)
 
 
@@ -154,7 +186,8 @@ class Registry:
 
     def worker_views(self) -> tuple[WorkerView, ...]:
         return tuple(WorkerView(w.worker_id, w.pool_id, w.model_ref, w.phase, w.device_ids,
-                                w.last_used, max((w.bytes_on(d) for d in w.device_ids), default=0))
+                                w.last_used, max((w.bytes_on(d) for d in w.device_ids), default=0),
+                                w.slots, len(w.jobs))
                      for w in self.workers.values() if w.phase is not WorkerPhase.GONE
                      and self.pools.get(w.pool_id) is not None
                      and self.pools[w.pool_id].available)

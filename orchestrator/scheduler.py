@@ -1,30 +1,37 @@
 """The built-in scheduling policy: decide(snapshot) -> decisions. Pure and deterministic.
 
 Inputs (all from the Snapshot): eligible heads per model, counts of queued / backoff
-jobs, idle workers per model (longest idle first), busy and starting counts, pools
-ranked by room, STOPPING workers' memory, start backoffs, learned estimates
-(start_s, job_s), the optimizer's advice, pins.
+jobs, READY workers per model with their free slots (a worker runs up to `slots` jobs
+at once), idle workers (READY, no job running; LRU), serving / starting counts and the
+serving workers' slots, pools ranked by room, STOPPING workers' memory, start backoffs,
+learned estimates (start_s, job_s), the optimizer's advice, pins.
 
 Formula, per cycle:
   1. Dispatch. Models in the order of their head job (priority, admission order); each
-     model's heads go, in order, to its idle READY workers, longest idle first
-     (affinity: a job only ever goes to a worker already serving its model).
+     model's heads go, in order, into free slots of its READY workers (affinity: a job
+     only ever goes to a worker already serving its model), one Dispatch per job: each
+     to the worker running the fewest jobs, ties longest idle first, so every idle
+     worker takes one before any worker takes a second, and no worker gets more than
+     its free slots. A free slot costs nothing, a start costs start_s: jobs are left
+     over for step 2 only when every free slot of the model is filled.
   2. Capacity, for each model still holding eligible jobs (remaining r), in the order of
      its first waiting job:
      - unservable (optimizer advice)             -> wait "no pool can serve this model"
-     - no worker at all (busy + starting = 0):
+     - no worker at all (serving + starting = 0):
          start backoff                           -> wait
          place (below) fits                      -> StartWorker, wait "worker starting"
          STOPPING workers will free enough       -> wait "evicting to make room"
          LRU eviction frees enough on one pool   -> StopWorker(s), wait "evicting ..."
          otherwise                               -> wait "no device has room" / "no pool"
-     - workers busy or starting (n = busy + starting + dispatched this cycle), with an
-       estimate: expected_wait = r / n * job_s. If expected_wait > start_s, not in start
-       backoff, no start of the model already in flight, and a device that hosts no
-       worker of the model fits WITHOUT eviction -> StartWorker (another one); otherwise
-       wait "waiting is faster than starting" / "no free device". (A second replica on
-       the same device adds no compute; one start in flight at a time lets each new
-       worker's effect show before the next: extra workers grow one per start_s.)
+     - workers serving (every slot now taken) or starting, with an estimate:
+       expected_wait = r / lanes * job_s, where lanes = the serving workers' slots + 1
+       per starting worker (its slots are known once it is ready). If expected_wait >
+       start_s, not in start backoff, no start of the model already in flight, and a
+       device that hosts no worker of the model fits WITHOUT eviction -> StartWorker
+       (another one); otherwise wait "waiting is faster than starting" / "no free
+       device". (A second replica on the same device adds no compute; one start in
+       flight at a time lets each new worker's effect show before the next: extra
+       workers grow one per start_s.)
        Without an estimate the model waits for its workers. A StartAdvice whose devices
        still host no worker and fit may start one either way (free capacity).
   3. Retry backoff: one wait per model with jobs whose not_before > now.
@@ -32,16 +39,18 @@ Formula, per cycle:
   with the most free memory (free = snapshot free - reservations made this cycle);
   room = min free over the mask; the pool with the largest room wins (ties: pool id),
   and room must be >= the model's memory estimate on EVERY device of the mask.
-  Evict: walk idle workers least recently used first, skipping pinned ones and ones
-  claimed this cycle; stop the ones on the first pool whose devices then fit.
-One Wait per (model, reason) per cycle. Cost O(models log models + decisions + pools
-touched). The eviction walk is O(idle workers), and runs only when nothing fits and the
-snapshot's evictable bound says some pool could; a need that found no victims rules out
-every larger one for the rest of the cycle.
+  Evict: walk idle workers (no job running) least recently used first, skipping pinned
+  ones and ones claimed this cycle; stop the ones on the first pool whose devices then
+  fit. A worker running any job is never evicted.
+One Wait per (model, reason) per cycle. Cost O(models log models + decisions x log
+(workers of the model) + pools touched). The eviction walk is O(idle workers), and runs
+only when nothing fits and the snapshot's evictable bound says some pool could; a need
+that found no victims rules out every larger one for the rest of the cycle.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -51,7 +60,7 @@ from orchestrator.snapshot import (Decision, DeviceKey, Dispatch, JobView, Snaps
 
 class Reason:
     """Reasons (stable strings: a Wait's reason becomes its jobs' waiting_reason)."""
-    DISPATCH = "idle worker with the model"
+    DISPATCH = "free slot on a worker with the model"
     STARTING = "worker starting"
     BUSY = "all workers for the model are busy or starting"
     WAIT_FASTER = "all workers busy; waiting is faster than starting"
@@ -91,6 +100,23 @@ class _Cycle:
         self.touched: set[str] = set()  # pools whose precomputed room is stale
         self.no_victims: list[tuple[str, int, int]] = []  # (engine, k, mem) evict found none
 
+    def fill(self, ws: tuple[WorkerView, ...], n: int) -> list[str]:
+        """Worker ids for a model's next n jobs (n <= the free slots of `ws`, which are
+        in the snapshot's dispatch order): each to the worker running the fewest jobs,
+        ties longest idle first. Claims every worker it picks. (decide inlines the usual
+        case, where the first n workers run equally many jobs: one each, in order.)"""
+        heap = [(w.active, w.last_used, w.worker_id, w.free_slots) for w in ws]  # sorted
+        picked = []
+        for _ in range(n):
+            active, last_used, wid, free = heap[0]
+            picked.append(wid)
+            if free > 1:
+                heapq.heapreplace(heap, (active + 1, last_used, wid, free - 1))
+            else:
+                heapq.heappop(heap)
+        self.claimed.update(picked)
+        return picked
+
     def free(self, key: DeviceKey) -> int:
         return self.snap.devices[key].free_bytes - self.reserved.get(key, 0)
 
@@ -114,39 +140,45 @@ def decide(snap: Snapshot) -> list[Decision]:
     cyc = _Cycle(snap)
     out: list[Decision] = []
     append, claim = out.append, cyc.claimed.add
-    queued, idle, total, backoff = snap.queued, snap.idle, snap.queued_total, snap.waiting_backoff
-    dispatched: dict[str, int] = {}
+    queued, total, backoff = snap.queued, snap.queued_total, snap.waiting_backoff
+    open_workers, free_slots = snap.open_workers, snap.free_slots
     waiting: list[tuple[int, int, str, JobView, int]] = []
     for m, heads in queued.items():  # in the order of each model's head job
-        ws = idle.get(m, ())
-        n = min(len(heads), len(ws))
-        for i in range(n):
-            wid = ws[i].worker_id
-            append(Dispatch(heads[i].job_id, wid, Reason.DISPATCH))
-            claim(wid)
-        dispatched[m] = n
+        n = min(len(heads), free_slots.get(m, 0))
+        if n:
+            ws = open_workers[m]
+            if n <= len(ws) and ws[n - 1].active == ws[0].active:  # one each, in order
+                for i in range(n):
+                    wid = ws[i].worker_id
+                    append(Dispatch(heads[i].job_id, wid, Reason.DISPATCH))
+                    claim(wid)
+            else:
+                for job, wid in zip(heads, cyc.fill(ws, n)):
+                    append(Dispatch(job.job_id, wid, Reason.DISPATCH))
         remaining = total[m] - backoff.get(m, 0) - n
         if remaining > 0:
             first = heads[n] if n < len(heads) else heads[-1]
             waiting.append((first.priority, first.order, m, first, remaining))
     waiting.sort()
     for _, _, m, first, remaining in waiting:
-        reason = _capacity(cyc, m, first, remaining, dispatched[m], out)
+        reason = _capacity(cyc, m, first, remaining, out)
         append(Wait(first.job_id, reason, m, remaining))
     for m, job in snap.next_retry.items():
         append(Wait(job.job_id, Reason.RETRY_BACKOFF, m, backoff[m], job.not_before))
     return out
 
 
-def _capacity(cyc: _Cycle, m: str, job: JobView, remaining: int, dispatched: int,
-              out: list[Decision]) -> str:
+def _capacity(cyc: _Cycle, m: str, job: JobView, remaining: int, out: list[Decision]) -> str:
     """Decide what (if anything) to start or stop for model m; append those decisions
-    and return the reason its remaining jobs wait."""
+    and return the reason its remaining jobs wait. Jobs remain only once step 1 filled
+    every free slot of m: each of its serving workers is full now."""
     snap = cyc.snap
     if m in snap.unservable:
         return Reason.UNSERVABLE
-    busy = snap.busy_by_model.get(m, 0) + dispatched
-    present = busy + snap.starting_by_model.get(m, 0)
+    serving = snap.serving_by_model.get(m, 0)
+    starting = snap.starting_by_model.get(m, 0)
+    present = serving + starting
+    lanes = snap.lanes_by_model.get(m, 0) + starting
     backoff = snap.start_backoff_until.get(m, 0.0) > snap.now
     advised = _advised(cyc, m, job) if not backoff and m in snap.start_advice else NO_ROOM
     if present == 0:
@@ -164,23 +196,24 @@ def _capacity(cyc: _Cycle, m: str, job: JobView, remaining: int, dispatched: int
             return Reason.NO_POOL
         return _evict(cyc, m, job, out)
     est = snap.estimates.get(m)
-    if est is None or remaining / present * est.job_s <= est.start_s:
+    if est is None or remaining / lanes * est.job_s <= est.start_s:
         if isinstance(advised, Placed):
             _start(cyc, job, advised, f"optimizer advice: idle devices on {advised.pool_id}", out)
             return Reason.START_ANOTHER
-        if not busy:
+        if not serving:
             return Reason.STARTING
         return Reason.BUSY if est is None else Reason.WAIT_FASTER
     if backoff:
         return Reason.START_BACKOFF
-    if not isinstance(advised, Placed) and snap.starting_by_model.get(m, 0):
+    if not isinstance(advised, Placed) and starting:
         return Reason.STARTING
     p = advised if isinstance(advised, Placed) else _place(
         cyc, job, snap.devices_of_model.get(m, _NOWHERE))
     if not isinstance(p, Placed):
         return Reason.BUSY_NO_ROOM
-    _start(cyc, job, p, f"{remaining} queued for {present} workers: expected wait "
-                        f"{remaining / present * est.job_s:.0f} s > start {est.start_s:.0f} s; "
+    slots = f" ({lanes} slots)" if lanes != present else ""
+    _start(cyc, job, p, f"{remaining} queued for {present} workers{slots}: expected wait "
+                        f"{remaining / lanes * est.job_s:.0f} s > start {est.start_s:.0f} s; "
                         f"most free memory on {p.pool_id}", out)
     return Reason.START_ANOTHER
 

@@ -5,11 +5,15 @@ reads nothing else. It is indexed, so a decision costs O(models x heads + decisi
 never O(queued jobs) or O(workers):
 
 - `queued` holds, per model with eligible work, only the heads that can matter this
-  cycle (idle workers for the model + a few), in (priority, order);
+  cycle (free slots of the model's workers + a few), in (priority, order);
   `queued_total`/`waiting_backoff` count the rest.
-- `idle` and `idle_lru` are pre-sorted; `pools_by_room` ranks pools for placement and
-  `pools_by_evictable_room` bounds what eviction could free, so a model that cannot
-  fit anywhere costs O(1) to rule out.
+- Workers run up to `slots` jobs at once. A READY worker has at least one free slot
+  (it may already run jobs); BUSY means every slot is taken; *idle* means READY with
+  no job running. `open_workers[m]` lists the model's READY workers in dispatch order
+  with `free_slots[m]` their free slots summed; only idle workers are evicted.
+- `open_workers`, `idle` and `idle_lru` are pre-sorted; `pools_by_room` ranks pools for
+  placement and `pools_by_evictable_room` bounds what eviction could free, so a model
+  that cannot fit anywhere costs O(1) to rule out.
 
 Build one with `build_snapshot` (from the loop's QueueIndex) or `Snapshot.of` (small
 lists, for tests). Decisions name ids that exist in the snapshot; the validator
@@ -56,6 +60,13 @@ class WorkerView:
     device_ids: tuple[str, ...]
     last_used: float = 0.0
     memory_bytes: int = 0  # held on each device of its mask (reported, else the estimate)
+    slots: int = 1  # jobs it runs at once (continuous batching)
+    active: int = 0  # jobs in its slots now
+
+    @property
+    def free_slots(self) -> int:
+        """Jobs a dispatch may still add: only a READY worker offers slots."""
+        return max(0, self.slots - self.active) if self.phase is WorkerPhase.READY else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +124,10 @@ Advice = PreloadAdvice | StartAdvice | UnservableAdvice
 @dataclass(frozen=True)
 class Snapshot:
     """Everything one scheduling cycle may read. Invariants (kept by build_snapshot):
-    every JobView in `queued` has not_before <= now; every worker in `idle` is READY and
-    appears in `workers`; `idle[m]` and `idle_lru` are longest idle first; models are
+    every JobView in `queued` has not_before <= now; every worker in `open_workers` is
+    READY with free_slots > 0, fewest running jobs first, then longest idle (ties: id);
+    every worker in `idle` is READY with no job running and appears in `workers` and in
+    `open_workers`; `idle[m]` and `idle_lru` are longest idle first; models are
     keyed in sorted order (`queued`: in the order of each model's head job, the order the
     policy serves models in), so iteration is deterministic."""
     now: float
@@ -123,9 +136,14 @@ class Snapshot:
     waiting_backoff: Mapping[str, int]  # jobs with not_before > now, per model
     next_retry: Mapping[str, JobView]  # per model in backoff: the job eligible soonest
     workers: Mapping[str, WorkerView]  # every non-gone worker, by id
-    idle: Mapping[str, tuple[WorkerView, ...]]  # READY per model, longest idle first
-    idle_lru: tuple[WorkerView, ...]  # every READY worker, least recently used first
-    busy_by_model: Mapping[str, int]
+    open_workers: Mapping[str, tuple[WorkerView, ...]]  # READY per model, in dispatch order
+    free_slots: Mapping[str, int]  # per model: free slots of its open workers, summed
+    idle: Mapping[str, tuple[WorkerView, ...]]  # READY, no job running, per model, longest
+    #   idle first
+    idle_lru: tuple[WorkerView, ...]  # every idle worker, least recently used first
+    busy_by_model: Mapping[str, int]  # workers with every slot taken
+    serving_by_model: Mapping[str, int]  # READY or BUSY workers
+    lanes_by_model: Mapping[str, int]  # slots of the serving workers, summed
     starting_by_model: Mapping[str, int]
     pools: Mapping[str, PoolView]
     devices: Mapping[DeviceKey, DeviceView]
@@ -221,16 +239,28 @@ def build_snapshot(index: "QueueIndex", workers: Iterable[WorkerView],
         hosting.setdefault(w.model_ref, set()).update([(w.pool_id, d) for d in w.device_ids])
     occupied = frozenset().union(*hosting.values())
     idle_by: dict[str, list[WorkerView]] = {}
+    open_by: dict[str, list[WorkerView]] = {}
+    free_slots: dict[str, int] = {}
     busy: dict[str, int] = {}
+    serving: dict[str, int] = {}
+    lanes: dict[str, int] = {}
     starting: dict[str, int] = {}
     freeing: dict[DeviceKey, int] = {}
     ready, busy_, starting_ = WorkerPhase.READY, WorkerPhase.BUSY, WorkerPhase.STARTING
     for w in all_workers.values():
         phase = w.phase
-        if phase is busy_:
-            busy[w.model_ref] = busy.get(w.model_ref, 0) + 1
-        elif phase is ready:
-            idle_by.setdefault(w.model_ref, []).append(w)
+        if phase is ready or phase is busy_:
+            m = w.model_ref
+            serving[m] = serving.get(m, 0) + 1
+            lanes[m] = lanes.get(m, 0) + w.slots
+            free = w.slots - w.active if phase is ready else 0
+            if free <= 0:
+                busy[m] = busy.get(m, 0) + 1
+                continue
+            open_by.setdefault(m, []).append(w)
+            free_slots[m] = free_slots.get(m, 0) + free
+            if not w.active:
+                idle_by.setdefault(m, []).append(w)
         elif phase is starting_:
             starting[w.model_ref] = starting.get(w.model_ref, 0) + 1
         elif w.memory_bytes:  # STOPPING
@@ -249,6 +279,15 @@ def build_snapshot(index: "QueueIndex", workers: Iterable[WorkerView],
         idle_lru.extend(ws)
     idle_lru.sort(key=lru)
 
+    def least_loaded(w: WorkerView) -> tuple[int, float, str]:
+        return (w.active, w.last_used, w.worker_id)
+
+    open_workers: dict[str, tuple[WorkerView, ...]] = {}
+    for m in sorted(open_by):
+        ws = open_by[m]
+        ws.sort(key=least_loaded)
+        open_workers[m] = tuple(ws)
+
     queued: dict[str, tuple[JobView, ...]] = {}
     total: dict[str, int] = {}
     backoff: dict[str, int] = {}
@@ -258,7 +297,7 @@ def build_snapshot(index: "QueueIndex", workers: Iterable[WorkerView],
         eligible, delayed = index.count(m, now)
         total[m] = eligible + delayed
         if eligible:
-            heads = index.heads(m, len(idle.get(m, ())) + extra_heads, now)
+            heads = index.heads(m, free_slots.get(m, 0) + extra_heads, now)
             queued[m] = heads
             counts.add(heads[0].device_count)
         if delayed:
@@ -273,7 +312,8 @@ def build_snapshot(index: "QueueIndex", workers: Iterable[WorkerView],
     evictable: dict[DeviceKey, int] = {}
     for m, ws in idle.items():
         pinned = pin_sets.get(m)
-        # The first `eligible` idle workers of a model take its jobs this cycle.
+        # The first `eligible` idle workers of a model take its jobs this cycle (the
+        # scheduler gives each idle worker one before any worker a second).
         for w in ws[total.get(m, 0) - backoff.get(m, 0):]:
             if not w.memory_bytes or pinned and any((w.pool_id, d) in pinned
                                                     for d in w.device_ids):
@@ -316,8 +356,10 @@ def build_snapshot(index: "QueueIndex", workers: Iterable[WorkerView],
     return Snapshot(
         now=now, queued=_freeze(queued), queued_total=_freeze(total),
         waiting_backoff=_freeze(backoff), next_retry=_freeze(next_retry),
-        workers=_freeze(all_workers), idle=_freeze(idle), idle_lru=tuple(idle_lru),
-        busy_by_model=_freeze(busy), starting_by_model=_freeze(starting),
+        workers=_freeze(all_workers), open_workers=_freeze(open_workers),
+        free_slots=_freeze(free_slots), idle=_freeze(idle), idle_lru=tuple(idle_lru),
+        busy_by_model=_freeze(busy), serving_by_model=_freeze(serving),
+        lanes_by_model=_freeze(lanes), starting_by_model=_freeze(starting),
         pools=_freeze(pool_map), devices=_freeze(devices), devices_by_free=_freeze(by_free),
         pools_by_room=_freeze(rooms), pools_by_evictable_room=_freeze(evictable_rooms),
         occupied=occupied,
@@ -340,7 +382,8 @@ def build_snapshot(index: "QueueIndex", workers: Iterable[WorkerView],
 
 @dataclass(slots=True)
 class Dispatch:
-    """Run the job on this idle worker (which serves the job's model)."""
+    """Run the job in a free slot of this worker (which serves the job's model). One job
+    per Dispatch; a cycle may send a worker as many as it has free slots."""
     job_id: str
     worker_id: str
     reason: str
@@ -358,8 +401,9 @@ class StartWorker:
 
 @dataclass(slots=True)
 class StopWorker:
-    """Stop an idle worker (LRU eviction to make room). Its memory is free only once the
-    pool reports it stopped; until then it shows as STOPPING in `freeing`."""
+    """Stop an idle worker, one running no job (LRU eviction to make room). Its memory is
+    free only once the pool reports it stopped; until then it shows as STOPPING in
+    `freeing`."""
     worker_id: str
     reason: str
 

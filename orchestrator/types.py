@@ -26,6 +26,9 @@ class JobState(enum.Enum):
 
 
 class WorkerPhase(enum.Enum):
+    """A worker runs up to `slots` jobs at once: READY while at least one slot is free
+    (it may already run jobs; *idle* means READY with none running), BUSY when every
+    slot is taken."""
     STARTING = "starting"
     READY = "ready"
     BUSY = "busy"

@@ -5,12 +5,15 @@ decisions of the same cycle claimed (workers, jobs, device memory) or released
 (memory of workers stopped by a StopWorker). Refuses, with the reason:
 - Dispatch: a job that is not among the snapshot's eligible heads, not eligible yet
   (not_before > now) or already dispatched this cycle; a worker that is missing, not
-  READY, already claimed or stopped this cycle, or serving another model.
+  READY, stopped this cycle, whose free slots earlier dispatches of this cycle already
+  took (a worker takes at most `slots - active` jobs per cycle), or serving another
+  model.
 - StartWorker: a missing or unavailable pool, an engine the pool does not offer (when
   the model has queued heads to tell), an empty mask, repeated or unknown devices, a
   non-positive memory estimate, or memory overcommitted on any device of the mask.
-- StopWorker: a missing worker, one that is not idle (READY) or already claimed this
-  cycle, or one serving a pinned model on its pinned devices.
+- StopWorker: a missing worker, one that is not idle (READY with no job running),
+  dispatched to or already stopped this cycle, or one serving a pinned model on its
+  pinned devices.
 - Preload / EvictModel: a missing or unavailable pool; evicting a pinned model's files
   from a pool it is pinned on.
 Accepted decisions come back with "".
@@ -30,7 +33,8 @@ def validate(snap: Snapshot, decisions: list[Decision]) -> list[tuple[Decision, 
     freed: dict[DeviceKey, int] = {}
     used: dict[DeviceKey, int] = {}
     claimed_jobs: set[str] = set()
-    claimed_workers: set[str] = set()
+    taken: dict[str, int] = {}  # worker -> slots dispatched into this cycle
+    stopped: set[str] = set()
     out: list[tuple[Decision, str]] = []
     for d in decisions:
         why = ""
@@ -42,15 +46,18 @@ def validate(snap: Snapshot, decisions: list[Decision]) -> list[tuple[Decision, 
                 why = "job is not eligible yet (retry backoff)"
             elif w is None:
                 why = "worker does not exist"
-            elif w.phase is not WorkerPhase.READY:
-                why = f"worker is {w.phase.value}, not idle"
-            elif d.worker_id in claimed_workers:
-                why = "worker is already claimed this cycle, not idle"
+            elif w.free_slots <= 0:
+                why = f"worker is {w.phase.value} with no free slot"
+            elif d.worker_id in stopped:
+                why = "worker is already claimed this cycle (stopped)"
+            elif taken.get(d.worker_id, 0) >= w.free_slots:
+                why = (f"worker's {w.free_slots} free slot(s) are already claimed this cycle "
+                       f"({w.active} of {w.slots} running)")
             elif w.model_ref != job.model_ref:
                 why = "worker serves a different model"
             else:
                 claimed_jobs.add(d.job_id)
-                claimed_workers.add(d.worker_id)
+                taken[d.worker_id] = taken.get(d.worker_id, 0) + 1
         elif isinstance(d, StartWorker):
             pool = snap.pools.get(d.pool_id)
             keys = [(d.pool_id, dev) for dev in d.device_ids]
@@ -76,12 +83,14 @@ def validate(snap: Snapshot, decisions: list[Decision]) -> list[tuple[Decision, 
             w = snap.workers.get(d.worker_id)
             if w is None:
                 why = "worker does not exist"
-            elif w.phase is not WorkerPhase.READY or d.worker_id in claimed_workers:
-                why = f"worker is {w.phase.value} or claimed this cycle, not idle"
+            elif w.phase is not WorkerPhase.READY or w.active:
+                why = f"worker is {w.phase.value} running {w.active} job(s), not idle"
+            elif d.worker_id in taken or d.worker_id in stopped:
+                why = "worker is claimed this cycle, not idle"
             elif snap.is_pinned(w):
                 why = f"worker serves pinned model {w.model_ref} on its pinned devices"
             else:
-                claimed_workers.add(d.worker_id)
+                stopped.add(d.worker_id)
                 for dev in w.device_ids:
                     freed[(w.pool_id, dev)] = freed.get((w.pool_id, dev), 0) + w.memory_bytes
         elif isinstance(d, (Preload, EvictModel)):

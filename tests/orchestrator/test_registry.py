@@ -68,3 +68,57 @@ def test_cpu_memory_in_use_is_ram_not_available_minus_our_workers_reports():
     reg.workers["w1"] = worker(reported=4)
     # 24 GiB in use, 4 of them ours: 20 external; free = 64 - 20 - 4.
     assert reg.pool_view(pool).devices[0].free_bytes == 40 * GIB
+
+
+# ---- slots: reserve/unreserve pairs and the phase they imply -----------------------------
+
+BUSY, STOPPING = WorkerPhase.BUSY, WorkerPhase.STOPPING
+
+
+def test_a_worker_is_busy_only_when_every_slot_is_taken():
+    w = worker()
+    w.slots = 3
+    w.reserve("a")
+    w.reserve("b")
+    assert (w.phase, w.free_slots, w.idle) == (READY, 1, False)
+    w.reserve("c")
+    assert (w.phase, w.free_slots) == (BUSY, 0)
+    w.unreserve("b")
+    assert (w.phase, w.free_slots, w.jobs) == (READY, 1, {"a", "c"})
+    w.unreserve("a")
+    w.unreserve("c")
+    assert (w.phase, w.free_slots, w.idle) == (READY, 3, True)
+
+
+def test_unreserve_is_idempotent_and_safe_without_a_reserve():
+    w = worker()
+    w.reserve("a")  # one slot: full
+    last_used = w.last_used
+    w.unreserve("never-reserved")
+    assert (w.phase, w.jobs, w.last_used) == (BUSY, {"a"}, last_used)
+    w.unreserve("a")
+    w.unreserve("a")
+    assert (w.phase, w.jobs) == (READY, set()) and w.last_used > last_used
+
+
+def test_a_stopping_worker_keeps_its_phase_as_its_jobs_end():
+    w = worker()
+    w.slots = 2
+    w.reserve("a")
+    w.reserve("b")
+    w.phase = STOPPING  # a job of it crashed
+    w.unreserve("a")
+    assert (w.phase, w.free_slots, w.idle) == (STOPPING, 0, False)
+
+
+def test_slots_and_running_jobs_reach_the_proto_and_the_snapshot_view():
+    reg = Registry()
+    reg.pools["p1"] = PoolRecord("p1", C.Inventory(devices=[device()], engines=["sim"]))
+    w = reg.workers["w1"] = worker()
+    w.slots = 4
+    w.reserve("a")
+    w.reserve("b")
+    info = w.to_proto()
+    assert (info.slots, info.active_jobs, info.state) == (4, 2, C.WORKER_STATE_READY)
+    [view] = reg.worker_views()
+    assert (view.slots, view.active, view.free_slots) == (4, 2, 2)

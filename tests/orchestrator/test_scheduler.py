@@ -25,6 +25,12 @@ def worker(i, model=M1, phase=READY, last_used=0.0, pool="p1", devs=("g0",), mem
     return WorkerView(f"w{i}", pool, model, phase, devs, last_used, mem)
 
 
+def batching(i, slots, active=0, model=M1, last_used=0.0, pool="p1", devs=("g0",), mem=GB):
+    """A worker with `slots` slots, `active` of them running jobs (BUSY when all are)."""
+    phase = BUSY if active >= slots else READY
+    return WorkerView(f"w{i}", pool, model, phase, devs, last_used, mem, slots, active)
+
+
 def pool(pid="p1", free=(8 * GB,), available=True, engines=("hf",)):
     return PoolView(pid, available, tuple(DeviceView(f"g{i}", 8 * GB, f) for i, f in enumerate(free)),
                     engines)
@@ -173,7 +179,65 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("snap,expected", CASES)
+SLOT_CASES = [
+    pytest.param(S([job(i) for i in range(3)], [batching(1, 4, active=1)], [pool()], estimates=EST),
+                 [go("j0", "w1"), go("j1", "w1"), go("j2", "w1")], id="fill-free-slots-no-start"),
+    pytest.param(S([job(i) for i in range(5)], [batching(1, 4, active=1)], [pool()]),
+                 [go("j0", "w1"), go("j1", "w1"), go("j2", "w1"), Wait("j3", Reason.BUSY, M1, 2)],
+                 id="never-more-than-free-slots"),
+    pytest.param(S([job(i) for i in range(3)], [batching(1, 4, active=4)], [pool()]),
+                 [Wait("j0", Reason.BUSY, M1, 3)], id="full-worker-takes-nothing"),
+    pytest.param(S([job(i) for i in range(3)], [batching(1, 4, active=1), batching(2, 4, last_used=1.0)],
+                   [pool()]),
+                 [go("j0", "w2"), go("j1", "w1"), go("j2", "w2")],
+                 id="fewest-running-first-ties-longest-idle"),
+    pytest.param(S([job(i) for i in range(4)], [batching(1, 2, last_used=5.0), batching(2, 2, last_used=1.0)],
+                   [pool()]),
+                 [go("j0", "w2"), go("j1", "w1"), go("j2", "w2"), go("j3", "w1")],
+                 id="every-idle-worker-one-before-any-a-second"),
+    pytest.param(S([job(1, prio=BATCH), job(2), job(3, prio=BATCH), job(4, model=M2)],
+                   [batching(1, 2), batching(2, 8, model=M2, devs=("g1",))], [pool(free=(8 * GB, 8 * GB))]),
+                 [go("j2", "w1"), go("j1", "w1"), go("j4", "w2"), Wait("j3", Reason.BUSY, M1, 1)],
+                 id="slots-go-interactive-first-then-fifo"),
+    pytest.param(S([job(1), job(2)], [batching(1, 4, model=M2, active=3)], [pool()]),
+                 [start(M1, "p1", ("g0",)), Wait("j1", Reason.STARTING, M1, 2)],
+                 id="slots-serve-their-own-model-only"),
+    pytest.param(S([job(1, mem=5 * GB)],
+                   [batching(1, 4, model=M2, active=1, last_used=1.0, mem=6 * GB),
+                    batching(2, 4, model=M3, last_used=5.0, devs=("g1",), mem=6 * GB)],
+                   [pool(free=(2 * GB, 2 * GB))]),
+                 [stop("w2", M1), Wait("j1", Reason.EVICTING, M1, 1)],
+                 id="evict-only-workers-running-no-job"),
+    pytest.param(S([job(1, mem=5 * GB)], [batching(1, 4, model=M2, active=1, mem=6 * GB)],
+                   [pool(free=(2 * GB,))]),
+                 [Wait("j1", Reason.NO_ROOM, M1, 1)], id="partly-busy-worker-never-evicted"),
+    pytest.param(S([job(1, mem=5 * GB), job(2, model=M2)], [batching(1, 4, model=M2, mem=6 * GB)],
+                   [pool(free=(2 * GB,))]),
+                 [go("j2", "w1"), Wait("j1", Reason.NO_ROOM, M1, 1)],
+                 id="idle-worker-dispatched-to-is-not-evicted"),
+    pytest.param(S([job(i) for i in range(10)], [batching(1, 4, active=4)], [pool(free=(2 * GB, 7 * GB))],
+                   estimates=EST),
+                 [Wait("j0", Reason.WAIT_FASTER, M1, 10)], id="slots-make-waiting-faster"),
+    pytest.param(S([job(i) for i in range(20)], [batching(1, 4, active=4)], [pool(free=(2 * GB, 7 * GB))],
+                   estimates=EST),
+                 [start(M1, "p1", ("g1",), why="20 queued for 1 workers (4 slots): expected wait 50 s "
+                                               "> start 30 s; most free memory on p1"),
+                  Wait("j0", Reason.START_ANOTHER, M1, 20)], id="start-another-when-slots-are-not-enough"),
+    pytest.param(S([job(i) for i in range(20)], [batching(1, 4, active=2)], [pool(free=(2 * GB, 7 * GB))],
+                   estimates=EST),
+                 [go("j0", "w1"), go("j1", "w1"),
+                  start(M1, "p1", ("g1",), why="18 queued for 1 workers (4 slots): expected wait 45 s "
+                                               "> start 30 s; most free memory on p1"),
+                  Wait("j2", Reason.START_ANOTHER, M1, 18)], id="slots-filled-before-a-start"),
+    pytest.param(S([job(1, not_before=20.0), job(2)], [batching(1, 4)], [pool()], now=10.0),
+                 [go("j2", "w1"), Wait("j1", Reason.RETRY_BACKOFF, M1, 1, 20.0)],
+                 id="slots-never-take-jobs-in-backoff"),
+    pytest.param(S([job(1)], [batching(1, 4)], [pool()], now=10.0, start_backoff_until={M1: 20.0}),
+                 [go("j1", "w1")], id="start-backoff-does-not-block-slots"),
+]
+
+
+@pytest.mark.parametrize("snap,expected", CASES + SLOT_CASES)
 def test_decide(snap, expected):
     assert decide(snap) == expected
     assert decide(snap) == expected  # deterministic: same snapshot, same decisions
@@ -190,3 +254,41 @@ def test_only_heads_reach_the_snapshot():
     snap = S([job(i) for i in range(1000)], [worker(1), worker(2)], [pool()])
     assert len(snap.queued[M1]) < 10 and snap.queued_total[M1] == 1000
     assert decide(snap)[:2] == [go("j0", "w1"), go("j1", "w2")]
+
+
+def test_heads_are_bounded_by_free_slots_not_the_queue():
+    snap = S([job(i) for i in range(1000)], [batching(1, 8, active=2), batching(2, 4, devs=("g1",))],
+             [pool(free=(8 * GB, 8 * GB))])
+    assert snap.free_slots[M1] == 10 and len(snap.queued[M1]) < 20
+    got = decide(snap)
+    assert [d.worker_id for d in got if isinstance(d, Dispatch)].count("w1") == 6
+    assert [d.worker_id for d in got if isinstance(d, Dispatch)].count("w2") == 4
+    assert got[-1] == Wait("j10", Reason.BUSY, M1, 990)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_multi_slot_snapshots_never_overfill_and_pass_the_validator(seed):
+    import random
+
+    from orchestrator.validator import validate
+    rng = random.Random(seed)
+    workers = []
+    for i in range(rng.randint(1, 8)):
+        slots = rng.choice([1, 2, 4, 8])
+        workers.append(batching(i, slots, active=rng.randint(0, slots), model=rng.choice([M1, M2]),
+                                last_used=rng.random(), devs=(f"g{i % 4}",)))
+    jobs = [job(i, model=rng.choice([M1, M2, M3]), prio=rng.choice(list(Priority)))
+            for i in range(rng.randint(0, 60))]
+    snap = S(jobs, workers, [pool(free=(2 * GB,) * 4)])
+    out = decide(snap)
+    assert all(why == "" for _, why in validate(snap, out))
+    taken: dict[str, int] = {}
+    for d in out:
+        if isinstance(d, Dispatch):
+            taken[d.worker_id] = taken.get(d.worker_id, 0) + 1
+    for w in workers:
+        assert taken.get(w.worker_id, 0) <= w.free_slots
+    # No slot left free while jobs of its model wait.
+    for m, n in snap.free_slots.items():
+        used = sum(v for wid, v in taken.items() if snap.workers[wid].model_ref == m)
+        assert used == min(n, snap.eligible(m))

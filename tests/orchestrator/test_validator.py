@@ -94,3 +94,47 @@ def test_job_not_yet_eligible_is_refused_even_among_heads():
 def test_the_built_in_policy_passes_its_own_validator():
     out = validate(SNAP, decide(SNAP))
     assert out and all(why == "" for _, why in out)
+
+
+# ---- multi-slot workers (continuous batching) -------------------------------------------
+
+def batching(wid, slots, active, model="m1", devs=("g0",)):
+    phase = WorkerPhase.BUSY if active >= slots else WorkerPhase.READY
+    return WorkerView(wid, "p1", model, phase, devs, memory_bytes=GB, slots=slots, active=active)
+
+
+SLOTS = Snapshot.of(
+    [JobView(f"j{i}", "m1", I, i, GB) for i in range(1, 6)],
+    [batching("w1", 4, 2), batching("w2", 4, 4, devs=("g1",)), batching("w3", 4, 0),
+     batching("w4", 2, 1, model="m2")],
+    [PoolView("p1", True, (DeviceView("g0", 8 * GB, 4 * GB), DeviceView("g1", 8 * GB, 2 * GB)))])
+
+
+@pytest.mark.parametrize("decisions,refusals", [
+    pytest.param([Dispatch("j1", "w1", ""), Dispatch("j2", "w1", "")], ["", ""],
+                 id="dispatches-up-to-free-slots"),
+    pytest.param([Dispatch("j1", "w1", ""), Dispatch("j2", "w1", ""), Dispatch("j3", "w1", "")],
+                 ["", "", "2 free slot(s) are already claimed this cycle (2 of 4 running)"],
+                 id="dispatch-beyond-free-slots"),
+    pytest.param([Dispatch("j1", "w2", "")], ["worker is busy with no free slot"], id="full-worker"),
+    pytest.param([Dispatch(f"j{i}", "w3", "") for i in range(1, 6)], ["", "", "", "", "already claimed"],
+                 id="idle-worker-takes-its-slots-then-no-more"),
+    pytest.param([StopWorker("w1", "")], ["running 2 job(s), not idle"], id="stop-partly-busy-worker"),
+    pytest.param([StopWorker("w4", "")], ["running 1 job(s), not idle"], id="stop-other-models-partly-busy"),
+    pytest.param([StopWorker("w3", "")], [""], id="stop-worker-running-no-job"),
+    pytest.param([Dispatch("j1", "w3", ""), StopWorker("w3", "")], ["", "claimed this cycle"],
+                 id="stop-worker-dispatched-to-this-cycle"),
+    pytest.param([StopWorker("w3", ""), Dispatch("j1", "w3", "")], ["", "already claimed this cycle (stopped)"],
+                 id="dispatch-to-worker-stopped-this-cycle"),
+])
+def test_slots(decisions, refusals):
+    got = [why for _, why in validate(SLOTS, decisions)]
+    assert len(got) == len(refusals)
+    for why, refusal in zip(got, refusals):
+        assert (refusal in why) if refusal else why == ""
+
+
+def test_the_built_in_policy_fills_slots_within_the_validator():
+    out = validate(SLOTS, decide(SLOTS))
+    dispatched = [d.worker_id for d, why in out if isinstance(d, Dispatch)]
+    assert all(why == "" for _, why in out) and sorted(dispatched) == ["w1", "w1", "w3", "w3", "w3"]
