@@ -27,7 +27,7 @@ from orchestrator.retry import RetryPolicy
 from orchestrator.estimates import Estimates
 from orchestrator.queue_index import QueueIndex
 from orchestrator.snapshot import (Dispatch, EvictModel, JobView, Preload, Snapshot, StartWorker,
-                                   StopWorker, UnservableAdvice, Wait, build_snapshot)
+                                   PreloadAdvice, StopWorker, UnservableAdvice, Wait, build_snapshot)
 from orchestrator import optimizer
 from orchestrator.types import JobState, Priority, WorkerPhase
 
@@ -58,6 +58,7 @@ class Orchestrator:
         # model ref -> (pool, device) where its workers are never evicted. Set by the
         # admin API's PinModel/UnpinModel; in memory only (lost on restart, for now).
         self.pins: dict[str, set[tuple[str, str]]] = {}
+        self._preloads: set[tuple[str, str]] = set()  # (pool, model) hot-loaded or on the way
         self.idempotency: dict[str, str] = {}
         self._order = 0
         self._wake = asyncio.Event()
@@ -514,6 +515,7 @@ class Orchestrator:
         pool.available = False
         pool.fail_pending(reason)
         del self.registry.pools[pool.pool_id]
+        self._preloads = {k for k in self._preloads if k[0] != pool.pool_id}
         self.facts.publish(F.FACT_KIND_POOL_LOST, reason, pool_id=pool.pool_id,
                            level=F.FACT_LEVEL_WARNING)
         for w in self.registry.workers_of(pool.pool_id):
@@ -627,9 +629,30 @@ class Orchestrator:
                                    model_ref=a.model_ref, pool_id=getattr(a, "pool_id", ""),
                                    level=F.FACT_LEVEL_WARNING if isinstance(a, UnservableAdvice)
                                    else F.FACT_LEVEL_INFO, advice=type(a).__name__)
+                if isinstance(a, PreloadAdvice):
+                    self._preload(a.pool_id, a.model_ref)
             self.facts.publish(F.FACT_KIND_OPTIMIZER_RUN, f"{len(advice)} suggestions",
                                queued=len(self.index), ms=round((time.perf_counter() - t0) * 1000, 2))
             self.wake()
+
+    def _preload(self, pool_id: str, model_ref: str) -> None:
+        """Hot-load a model's files on a pool (the optimizer's advice): once per pool and
+        model until the pool is lost or the preload fails."""
+        key = (pool_id, model_ref)
+        pool = self.registry.pools.get(pool_id)
+        if pool is None or key in self._preloads:
+            return
+        self._preloads.add(key)
+
+        async def run() -> None:
+            result = await pool.command(preload_model=pool_link_pb2.PreloadModelCommand(
+                model_ref=model_ref))
+            if not result.ok:
+                self._preloads.discard(key)
+                self.facts.publish(F.FACT_KIND_DECISION_REJECTED,
+                                   f"preload of {model_ref} on {pool_id} failed: {result.error.message}",
+                                   level=F.FACT_LEVEL_WARNING, pool_id=pool_id, model_ref=model_ref)
+        asyncio.create_task(run())
 
     async def _watchdog(self) -> None:
         """Marks pools lost after missed heartbeats and gives up on stuck starts."""
