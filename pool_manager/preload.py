@@ -24,6 +24,7 @@ import mmap
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,16 +85,28 @@ class _Map:
             self.addr = None
 
 
+def _boundary(folder: Path) -> Path:
+    # huggingface_hub's cache (pool_manager/cache.py) hands out snapshots/<commit>/,
+    # whose files link to ../../blobs/<sha>: there the model's repo folder is the limit.
+    if folder.parent.name == "snapshots" and (folder.parent.parent / "blobs").is_dir():
+        return folder.parent.parent
+    return folder
+
+
 def _files(folder: Path) -> list[tuple[Path, int]]:
     """Regular files under `folder` with their sizes: symlinks resolved, kept only when
-    they land inside the folder, each real file once."""
+    they land inside the folder (or its hub repo folder), each real file once."""
     root = folder.resolve()
+    limit = _boundary(root)
     seen: dict[Path, int] = {}
     for dirpath, _, names in os.walk(root):  # symlinked folders are not descended
         for name in names:
-            real = (Path(dirpath) / name).resolve()
-            if real.is_relative_to(root) and real.is_file() and real not in seen:
-                seen[real] = real.stat().st_size
+            try:
+                real = (Path(dirpath) / name).resolve()
+                if real.is_relative_to(limit) and real.is_file() and real not in seen:
+                    seen[real] = real.stat().st_size
+            except (OSError, RuntimeError):  # vanished, unreadable, or a link loop
+                continue
     return sorted(seen.items())
 
 
@@ -103,7 +116,8 @@ def _measurable(path: Path) -> bool:
     return os.geteuid() == 0 or os.stat(path).st_uid == os.geteuid() or os.access(path, os.W_OK)
 
 
-def _fraction(files: list[tuple[Path, int]]) -> float | None:
+def _fraction(files: list[tuple[Path, int]], held: Iterable[_Map] = ()) -> float | None:
+    maps = {m.path: m for m in held}  # mincore on pages already mapped is cheaper
     total = resident = 0
     for path, size in files:
         if size == 0:
@@ -112,13 +126,15 @@ def _fraction(files: list[tuple[Path, int]]) -> float | None:
         try:
             if not _measurable(path):
                 return None
-            m = _Map(path, size)  # fresh and unfaulted: mincore reports the page cache
+            # A fresh map is unfaulted: mincore then reports the page cache itself.
+            m = maps.get(path) or _Map(path, size)
         except FileNotFoundError:
             continue  # deleted since it was listed: none of it is in RAM
         try:
             resident += m.resident_pages()
         finally:
-            m.close()
+            if path not in maps:
+                m.close()
     return resident / total if total else 1.0  # nothing to read is nothing to wait for
 
 
@@ -245,5 +261,5 @@ class Preloader:
 
     def entries(self) -> list[tuple[str, int, float | None, float]]:
         """(ref, size_bytes, resident_fraction measured now, last_used), LRU first."""
-        return [(p.ref, p.size_bytes, _fraction(p.files), p.last_used)
+        return [(p.ref, p.size_bytes, _fraction(p.files, p._maps), p.last_used)
                 for p in self._models.values()]

@@ -192,3 +192,24 @@ async def test_a_preload_cancelled_while_mapping_gives_its_pages_back(disk, monk
         await asyncio.sleep(0.05)
     assert pre.entries() == [] and pre.used_bytes == 0
     assert resident_fraction(folder) < 0.5
+
+
+async def test_a_hub_snapshot_loads_its_blobs_but_nothing_outside_the_repo(disk):
+    # pool_manager/cache.py hands out huggingface_hub's snapshots/<commit>/ folder,
+    # whose files are links to ../../blobs/<sha>.
+    _require_droppable(disk)
+    repo = disk / "models--org--m"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs" / "abc123").write_bytes(os.urandom(2 * MB))
+    snapshot = repo / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").symlink_to("../../blobs/abc123")
+    outside = _model(disk, "outside")
+    (snapshot / "escape.bin").symlink_to(outside / "part-0.safetensors")
+    drop_from_page_cache(outside)
+    pre = Preloader(budget_bytes=10 * MB)
+    entry = await pre.preload("hf:org/m@0123abcd", snapshot)
+    assert [(p.name, size) for p, size in entry.files] == [("abc123", 2 * MB)]
+    assert resident_fraction(snapshot) > 0.99
+    assert resident_fraction(outside) < 0.5
+    pre.evict("hf:org/m@0123abcd")
