@@ -1,0 +1,228 @@
+"""Device check: the `hf` engine's CUDA path and the NVML inventory on a real GPU.
+
+Run on a machine with an NVIDIA GPU (the project's device machine, when one is lent):
+
+    .venv/bin/python tools/device_check.py --write     # records docs/DEVICE_CHECK.md
+
+What it does, each step recorded with what it saw:
+1. NVML inventory through the pool manager's own code (pool_manager/inventory.py): every
+   GPU by UUID with name, memory, utilisation, temperature, per-process memory.
+2. torch's view of CUDA (version, device name, capability).
+3. A real worker process (`python -m worker --engine hf --devices <GPU UUID>`), the
+   same command line the supervisor builds, serving the embedded `tiny` model on the
+   first GPU: time to ready, the device bytes it reports, and NVML's per-process memory
+   for its pid while it runs.
+4. Seeded generation: the same seed twice on the GPU worker (identical tokens?), and the
+   same request on a CPU worker (same tokens as CPU?), with time to first token and
+   tokens/s, and each job's proof record (engine, device, token hash).
+Without a GPU it says why and exits 2 without writing anything. `--device cpu` runs
+the same steps with the "device" worker on the CPU: a self-test of this script for
+machines without a GPU (never written to docs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import grpc  # noqa: E402
+
+from common.grpc_server import Server  # noqa: E402
+from llama_orch.v1 import (common_pb2, worker_callback_pb2, worker_callback_pb2_grpc,  # noqa: E402
+                           worker_pb2, worker_pb2_grpc)
+from orchestrator.catalog import TINY_PATH  # noqa: E402
+from pool_manager import inventory  # noqa: E402
+
+DOC = ROOT / "docs" / "DEVICE_CHECK.md"
+PROMPT_IDS = [1, 17, 42, 99, 7, 3]
+SEEDS = (11, 12, 13)
+
+
+class Ready(worker_callback_pb2_grpc.WorkerCallbackServiceServicer):
+    def __init__(self) -> None:
+        self.futures: dict[str, asyncio.Future] = {}
+
+    async def ReportReady(self, request, context):
+        fut = self.futures.get(request.worker_id)
+        if fut is not None and not fut.done():
+            fut.set_result(request)
+        return worker_callback_pb2.ReportReadyResponse()
+
+    async def ReportFailure(self, request, context):
+        fut = self.futures.get(request.worker_id)
+        if fut is not None and not fut.done():
+            fut.set_exception(RuntimeError(f"{request.error.code}: {request.error.message}"))
+        return worker_callback_pb2.ReportFailureResponse()
+
+
+def nvml_inventory() -> tuple[str, list[dict]]:
+    nvml = inventory.Nvml.open()
+    try:
+        inv = inventory.take(nvml, [], ["hf"])
+        gpus = [{"id": d.id, "name": d.name, "total_mib": d.memory_total_bytes >> 20,
+                 "free_mib": d.memory_free_bytes >> 20, "util_pct": d.utilization_percent,
+                 "temp_c": d.temperature_c,
+                 "processes": [{"pid": p.pid, "mib": p.used_memory_bytes >> 20} for p in d.processes]}
+                for d in inv.devices if d.kind == common_pb2.DEVICE_KIND_GPU]
+        return nvml.status, gpus
+    finally:
+        nvml.close()
+
+
+def process_memory(gpu_id: str, pid: int) -> int | None:
+    _, gpus = nvml_inventory()
+    for g in gpus:
+        if g["id"] == gpu_id:
+            return next((p["mib"] for p in g["processes"] if p["pid"] == pid), None)
+    return None
+
+
+async def start(ready: Ready, callback: str, worker_id: str, device: str):
+    fut = ready.futures[worker_id] = asyncio.get_running_loop().create_future()
+    env = dict(os.environ, PYTHONUNBUFFERED="1",
+               CUDA_VISIBLE_DEVICES="" if device == "cpu" else device)
+    t0 = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", "--worker-id", worker_id, "--model-ref",
+        f"file:{TINY_PATH}", "--engine", "hf", "--devices", device, "--callback", callback,
+        "--listen", "127.0.0.1:0", "--threads", "1", cwd=ROOT, env=env,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE)
+    exited = asyncio.ensure_future(proc.wait())
+    await asyncio.wait([fut, exited], timeout=600, return_when=asyncio.FIRST_COMPLETED)
+    if not fut.done() or fut.exception() is not None:
+        proc.kill()
+        await exited
+        tail = (await proc.stderr.read()).decode(errors="replace")[-800:]
+        raise RuntimeError(f"{device} worker did not get ready: "
+                           f"{fut.exception() if fut.done() else 'timeout'}\n{tail}")
+    return proc, fut.result(), (time.perf_counter() - t0) * 1000
+
+
+async def generate(endpoint: str, seed: int) -> dict:
+    async with grpc.aio.insecure_channel(endpoint) as ch:
+        stub = worker_pb2_grpc.WorkerServiceStub(ch)
+        t0 = time.perf_counter()
+        first = None
+        ids: list[int] = []
+        proof = None
+        async for r in stub.Execute(worker_pb2.ExecuteRequest(
+                job_id=f"check-{seed}-{time.monotonic_ns()}", prompt_token_ids=PROMPT_IDS,
+                sampling=common_pb2.SamplingParams(max_tokens=48, seed=seed, temperature=1.0))):
+            kind = r.WhichOneof("event")
+            if kind == "tokens":
+                first = first or time.perf_counter()
+                ids.extend(r.tokens.token_ids)
+            elif kind == "end":
+                proof = r.end.proof
+            elif kind == "error":
+                raise RuntimeError(f"{r.error.code}: {r.error.message}")
+        done = time.perf_counter()
+    return {"ids": ids, "ttft_ms": round(((first or done) - t0) * 1000, 2),
+            "tok_s": round(len(ids) / max(1e-6, done - t0), 1),
+            "proof": {"engine": proof.engine_version if proof else "", "device": proof.device
+                      if proof else "", "token_hash": proof.token_hash if proof else ""}}
+
+
+async def check(device: str = "") -> dict:
+    status, gpus = nvml_inventory()
+    import torch
+    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "host": platform.node(), "python": platform.python_version(),
+              "torch": torch.__version__, "cuda_available": torch.cuda.is_available(),
+              "torch_cuda": torch.version.cuda, "nvml_status": status, "gpus": gpus}
+    if device != "cpu" and (not gpus or not torch.cuda.is_available()):
+        result["skipped"] = (f"no GPU to check: NVML {status!r}, "
+                             f"torch.cuda.is_available() = {torch.cuda.is_available()}")
+        return result
+    gpu = device or gpus[0]["id"]
+    cuda = gpu != "cpu"
+    result["torch_device"] = torch.cuda.get_device_name(0) if cuda else "cpu (self-test)"
+    result["capability"] = ".".join(map(str, torch.cuda.get_device_capability(0))) if cuda else "-"
+    ready = Ready()
+    server = Server([worker_callback_pb2.DESCRIPTOR.services_by_name["WorkerCallbackService"].full_name])
+    server.bind("127.0.0.1:0")
+    worker_callback_pb2_grpc.add_WorkerCallbackServiceServicer_to_server(ready, server.grpc)
+    await server.start()
+    procs = []
+    try:
+        callback = f"127.0.0.1:{server.port}"
+        gproc, ginfo, gready = await start(ready, callback, "check-gpu", gpu)
+        procs.append(gproc)
+        cproc, cinfo, cready = await start(ready, callback, "check-cpu", "cpu")
+        procs.append(cproc)
+        gpu_runs = {s: [await generate(ginfo.endpoint, s) for _ in range(2)] for s in SEEDS}
+        cpu_runs = {s: await generate(cinfo.endpoint, s) for s in SEEDS}
+        result["gpu_worker"] = {"ready_ms": round(gready), "load_ms": ginfo.load_ms,
+                                "device_bytes": dict(ginfo.device_bytes),
+                                "nvml_process_mib": process_memory(gpu, gproc.pid) if cuda else None}
+        result["cpu_worker"] = {"ready_ms": round(cready), "load_ms": cinfo.load_ms}
+        result["seeds"] = [{
+            "seed": s, "gpu_repeat_identical": runs[0]["ids"] == runs[1]["ids"],
+            "gpu_equals_cpu": runs[0]["ids"] == cpu_runs[s]["ids"],
+            "gpu_ttft_ms": runs[1]["ttft_ms"], "gpu_tok_s": runs[1]["tok_s"],
+            "cpu_ttft_ms": cpu_runs[s]["ttft_ms"], "cpu_tok_s": cpu_runs[s]["tok_s"],
+            "gpu_proof": runs[0]["proof"], "cpu_proof": cpu_runs[s]["proof"]}
+            for s, runs in gpu_runs.items()]
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                p.terminate()
+                await p.wait()
+        await server.stop(0.5)
+    return result
+
+
+def render(r: dict) -> str:
+    lines = ["# Device check", "",
+             "Written by `tools/device_check.py --write` on a machine with a GPU; do not edit.",
+             "", f"- date: {r['date']}; host: {r['host']}; Python {r['python']}; torch "
+             f"{r['torch']} (CUDA {r['torch_cuda']}); NVML: {r['nvml_status']}", ""]
+    lines += ["## NVML inventory", "", "| GPU (UUID) | name | total MiB | free MiB | util % | °C |",
+              "|---|---|---:|---:|---:|---:|"]
+    lines += [f"| {g['id']} | {g['name']} | {g['total_mib']} | {g['free_mib']} | {g['util_pct']} "
+              f"| {g['temp_c']} |" for g in r["gpus"]]
+    if "gpu_worker" in r:
+        w = r["gpu_worker"]
+        lines += ["", "## `hf` worker on the GPU (`tiny`)", "",
+                  f"- torch sees {r['torch_device']} (compute capability {r['capability']})",
+                  f"- ready in {w['ready_ms']} ms (load {w['load_ms']} ms); reports "
+                  f"{w['device_bytes']} bytes on its device; NVML shows {w['nvml_process_mib']} MiB "
+                  "for its pid", f"- CPU worker for comparison: ready in {r['cpu_worker']['ready_ms']} ms",
+                  "", "| seed | GPU twice identical | GPU = CPU tokens | GPU TTFT ms | GPU tok/s "
+                  "| CPU TTFT ms | CPU tok/s | GPU proof device |", "|---:|---|---|---:|---:|---:|---:|---|"]
+        lines += [f"| {s['seed']} | {s['gpu_repeat_identical']} | {s['gpu_equals_cpu']} | "
+                  f"{s['gpu_ttft_ms']} | {s['gpu_tok_s']} | {s['cpu_ttft_ms']} | {s['cpu_tok_s']} | "
+                  f"{s['gpu_proof']['device']} |" for s in r["seeds"]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--write", action="store_true", help=f"record the result in {DOC}")
+    ap.add_argument("--device", default="", help="a GPU UUID (default: the first), or cpu "
+                    "to self-test this script without a GPU")
+    ns = ap.parse_args()
+    if ns.write and ns.device == "cpu":
+        ap.error("--device cpu is a self-test; it is never recorded")
+    result = asyncio.run(check(ns.device))
+    print(json.dumps(result, indent=2, default=str))
+    if "skipped" in result:
+        print(f"device check: {result['skipped']}", file=sys.stderr)
+        return 2
+    if ns.write:
+        DOC.write_text(render(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
