@@ -15,6 +15,8 @@ REST/SSE into the same RPCs any SDK makes, through one grpc.aio channel per app.
     GET    /metrics                    the gateway's Prometheus metrics + the orchestrator's
     GET    /healthz                    liveness, plus the channel's connectivity state
 
+    GET    /openapi.json, /docs      the OpenAPI document of all the above (gateway.openapi)
+
 Beside the gRPC channel the app holds one httpx client, for the orchestrator's
 metrics (gateway.metrics.OrchestratorMetrics).
 """
@@ -29,7 +31,7 @@ import httpx
 from fastapi import FastAPI, Request, Response
 
 from common.grpc_server import channel
-from gateway import errors
+from gateway import errors, openapi
 from gateway.metrics import (
     COMPONENT,
     GatewayMetrics,
@@ -38,6 +40,7 @@ from gateway.metrics import (
 )
 from gateway.middleware import EdgeMiddleware
 from gateway.openai import chat, completions, models
+from gateway.openai.protocol import MAX_N
 from gateway.orchestrator_client import OrchestratorClient
 from gateway.v2 import events, tasks
 
@@ -45,12 +48,13 @@ MiB = 1024 * 1024
 
 
 def create_app(orchestrator_address: str, *, max_body_bytes: int = 4 * MiB,
-               orchestrator_metrics_url: str | None = None, heartbeat_s: float = 15.0,
-               stream_open_wait_s: float = 2.0) -> FastAPI:
+               max_n: int = MAX_N, orchestrator_metrics_url: str | None = None,
+               heartbeat_s: float = 15.0, stream_open_wait_s: float = 2.0) -> FastAPI:
     """Build the app; the channel and the HTTP client open at startup and close at
     shutdown (lifespan).
 
-    orchestrator_metrics_url: where /metrics reads the orchestrator's text (default:
+    max_body_bytes: larger bodies are refused (413). max_n: the most choices (`n`) a
+    generation request may ask for (400 above). orchestrator_metrics_url: where /metrics reads the orchestrator's text (default:
       the orchestrator's host, port 9101). heartbeat_s: the longest a /v2 SSE stream
       stays silent (`: keep-alive`). stream_open_wait_s: how long a /v2 SSE request
       waits for its first event before committing a 200 (gateway.v2.relay).
@@ -74,6 +78,7 @@ def create_app(orchestrator_address: str, *, max_body_bytes: int = 4 * MiB,
 
     app = FastAPI(title="llama-orch gateway", lifespan=lifespan)
     app.state.max_body_bytes = max_body_bytes
+    app.state.max_n = max_n
     app.state.heartbeat_s = heartbeat_s
     app.state.stream_open_wait_s = stream_open_wait_s
     app.state.metrics = GatewayMetrics()
@@ -91,7 +96,9 @@ def create_app(orchestrator_address: str, *, max_body_bytes: int = 4 * MiB,
         m.upstream_up.labels(COMPONENT).set(0 if upstream is None else 1)
         return Response(m.render() + (upstream or b""), media_type=m.content_type)
 
-    @app.get("/healthz")
+    app.openapi = lambda: openapi.document(app, max_n)  # type: ignore[method-assign]
+
+    @app.get("/healthz", include_in_schema=False)
     async def healthz(request: Request) -> dict[str, Any]:
         """Liveness of the gateway itself; the orchestrator's state is informational,
         read from the channel without an RPC, so a probe never loads the orchestrator."""

@@ -5,6 +5,10 @@ answer: 413 for an oversized body (checked while reading, so a lying or absent
 Content-Length does not help), 400 for bytes that are not UTF-8 or not JSON, and 400
 with `param` naming the field ("messages[0].role") for a body the model refuses.
 Only the first validation error is reported, as OpenAI does.
+
+How long the bytes may take to arrive is bounded by the server (gateway.server); a
+client that goes away while sending ends the request as CANCELLED (499), which it
+never sees.
 """
 
 from __future__ import annotations
@@ -14,16 +18,19 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
-from common.errors import InvalidInput
+from common.errors import InvalidInput, OrchError
 
 M = TypeVar("M", bound=BaseModel)
 
 
 async def read_model(request: Request, model: type[M]) -> M:
-    data = json_object(await read_limited(request, request.app.state.max_body_bytes))
+    """The body as `model`; the app's limits (max_n) are the validation context."""
+    state = request.app.state
+    data = json_object(await read_limited(request, state.max_body_bytes))
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context={"max_n": state.max_n})
     except ValidationError as exc:
         raise from_validation_error(exc) from None
 
@@ -33,11 +40,14 @@ async def read_limited(request: Request, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise OrchError("CANCELLED", "the client went away while sending the body") from None
     return b"".join(chunks)
 
 

@@ -39,8 +39,10 @@ Where the error appears: before a response starts (bad input, admission refused 
 the orchestrator, any failure of a non-streamed request) it is the HTTP status and
 body above. Once a stream has begun it is an SSE event `data: {"error": {...}}` with
 the same body, then `data: [DONE]`. HTTP errors that never reach a route (unknown
-path 404, wrong method 405) use the same body, codes "not_found" and
-"method_not_allowed". Unknown request fields are not errors: they are ignored.
+path 404, wrong method 405 with an `Allow` header listing every method of the path)
+use the same body, codes "not_found" and "method_not_allowed"; so does a request that
+does not arrive in time (408 "request_timeout", written by gateway.server). Unknown
+request fields are not errors: they are ignored.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from common import log
 from common.errors import InvalidInput, OrchError
@@ -124,9 +127,21 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     code = {404: "NOT_FOUND", 405: "INVALID_ARGUMENT", 413: "PAYLOAD_TOO_LARGE"}.get(
         exc.status_code, "INVALID_ARGUMENT" if exc.status_code < 500 else "INTERNAL")
     body = error_body(OrchError(code, str(exc.detail)))
+    headers = dict(exc.headers or {})
     if exc.status_code == 405:
         body["error"]["code"] = "method_not_allowed"
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        # Starlette names only the methods of the first route on the path.
+        headers["Allow"] = ", ".join(_allowed_methods(request))
+    return JSONResponse(body, status_code=exc.status_code, headers=headers or None)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
 
 
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -2,7 +2,7 @@
 
     python -m gateway [--listen 127.0.0.1:8080] [--orchestrator 127.0.0.1:9100]
                       [--orchestrator-metrics http://127.0.0.1:9101/metrics]
-                      [--config llama-orch.toml] [--max-body-bytes N]
+                      [--config llama-orch.toml] [--max-body-bytes N] [--max-n N]
 
 --orchestrator-metrics is where /metrics reads the orchestrator's Prometheus text;
 by default the --orchestrator host, on the port of the config's
@@ -11,6 +11,9 @@ orchestrator.metrics_listen (9101). The gateway section has no key for it: a fla
 Flags override the config file, which overrides the defaults (common.config). The
 listening socket is bound before uvicorn starts, so a busy port or a bad flag ends
 the process with exit status 2 and one line on stderr, never a traceback.
+
+The server reads each request under deadlines (gateway.server: 10 s for the headers,
+60 s for the whole request), so slow clients cannot hold connections open.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import uvicorn
 from common import log
 from common.config import load, split_address
 from common.errors import ConfigError
+from gateway import server
 from gateway.app import create_app
 from gateway.metrics import check_metrics_url, default_orchestrator_metrics_url
 
@@ -61,6 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(default http://<orchestrator host>:9101/metrics)")
     p.add_argument("--config", help="TOML config file")
     p.add_argument("--max-body-bytes", type=int, help="413 above this (default 4 MiB)")
+    p.add_argument("--max-n", type=int, help="the most choices (n) per request (default 8)")
     return p.parse_args(argv)
 
 
@@ -89,8 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         gw.orchestrator = args.orchestrator or gw.orchestrator
         if args.max_body_bytes is not None:
             gw.max_body_bytes = args.max_body_bytes
+        if args.max_n is not None:
+            gw.max_n = args.max_n
         if gw.max_body_bytes <= 0:
             raise ConfigError("max body bytes must be positive", param="gateway.max_body_bytes")
+        if gw.max_n < 1:
+            raise ConfigError("max n must be at least 1", param="gateway.max_n")
         cfg.validate()
         split_address(gw.orchestrator, "gateway.orchestrator")
         if args.orchestrator_metrics is not None:
@@ -105,13 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc.message, file=sys.stderr)
         return 2
-    app = create_app(gw.orchestrator, max_body_bytes=gw.max_body_bytes,
+    app = create_app(gw.orchestrator, max_body_bytes=gw.max_body_bytes, max_n=gw.max_n,
                      orchestrator_metrics_url=metrics_url)
-    # Our own JSON lines replace uvicorn's access log and formatters.
-    server = _Server(uvicorn.Config(app, log_config=None, access_log=False,
-                                           lifespan="on", timeout_graceful_shutdown=5))
+    http = _Server(server.config(app, timeout_graceful_shutdown=5))
     log.emit("gateway", "component.started", f"listening on {gw.listen}",
              listen=gw.listen, orchestrator=gw.orchestrator, orchestrator_metrics=metrics_url)
-    asyncio.run(server.serve(sockets=[sock]))
+    asyncio.run(http.serve(sockets=[sock]))
     log.emit("gateway", "component.stopped")
     return 0

@@ -15,6 +15,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common import log
+from common.errors import InvalidInput
 from gateway.errors import crash_response
 from gateway.metrics import COMPONENT, GatewayMetrics, route_of
 from gateway.orchestrator_client import Caller
@@ -31,6 +32,21 @@ def correlation_id(header: str | None) -> str:
     if header and _VALID_ID.fullmatch(header):
         return header
     return uuid.uuid4().hex
+
+
+# The orchestrator refuses keys over 256 characters; printable ASCII keeps the header
+# byte-for-byte what the client sent (non-ASCII header bytes decode ambiguously).
+_KEY = re.compile(r"[\x20-\x7e]{1,256}")
+
+
+def idempotency_key(request: Request) -> str:
+    """The Idempotency-Key header ("" when absent); a bad one is a 400, never ignored:
+    a client that asked for exactly-once submission must not silently lose it."""
+    key = request.headers.get("idempotency-key", "").strip(" \t")
+    if key and not _KEY.fullmatch(key):
+        raise InvalidInput("INVALID_ARGUMENT", "Idempotency-Key must be 1 to 256 printable "
+                           "ASCII characters", param="Idempotency-Key")
+    return key
 
 
 def caller_of(request: Request) -> Caller:

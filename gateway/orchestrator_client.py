@@ -115,8 +115,15 @@ class OrchestratorClient:
         return list(reply.models)
 
     async def get_model(self, model: str, caller: Caller) -> common_pb2.ModelInfo:
-        reply = await self._unary(self._stub.GetModel, client_pb2.GetModelRequest(model=model),
-                                  caller)
+        """The model's entry; an unknown one is MODEL_NOT_FOUND with param `model`."""
+        try:
+            reply = await self._unary(self._stub.GetModel,
+                                      client_pb2.GetModelRequest(model=model), caller)
+        except OrchError as err:
+            # A bare gRPC NOT_FOUND (no ErrorInfo) still means "no such model" here.
+            if err.code == "NOT_FOUND":
+                raise OrchError("MODEL_NOT_FOUND", err.message, param="model") from None
+            raise
         return reply.model
 
     async def generate(self, spec: common_pb2.JobSpec, caller: Caller, *,

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from llama_orch.v1 import events_pb2
 
+from gateway import openapi
 from gateway.body import read_model
 from gateway.openai import serving
 from gateway.openai.protocol import ChatCompletionRequest
@@ -15,11 +16,13 @@ from gateway.openai.protocol import ChatCompletionRequest
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", **openapi.operation(
+    body=ChatCompletionRequest, ok=openapi.ChatCompletion, errors=openapi.GENERATION,
+    parameters=[openapi.IDEMPOTENCY_KEY], stream=openapi.CHAT_STREAM))
 async def create_chat_completion(request: Request) -> Response:
     req = await read_model(request, ChatCompletionRequest)
     chat = serving.chat_messages(req.messages)
-    return await serving.serve(request, req, serving.job_spec(req, chat=chat), CHAT)
+    return await serving.serve(request, req, [serving.job_spec(req, chat=chat)], CHAT)
 
 
 def _token(token: str, logprob: float) -> dict[str, Any]:

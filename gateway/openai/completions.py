@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from llama_orch.v1 import events_pb2
 
+from gateway import openapi
 from gateway.body import read_model
 from gateway.openai import serving
 from gateway.openai.protocol import CompletionRequest
@@ -15,10 +16,14 @@ from gateway.openai.protocol import CompletionRequest
 router = APIRouter()
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", **openapi.operation(
+    body=CompletionRequest, ok=openapi.Completion, errors=openapi.GENERATION,
+    parameters=[openapi.IDEMPOTENCY_KEY], stream=openapi.COMPLETION_STREAM))
 async def create_completion(request: Request) -> Response:
+    """Each prompt of a list is its own job; choice i * n + j is choice j of prompt i."""
     req = await read_model(request, CompletionRequest)
-    return await serving.serve(request, req, serving.job_spec(req, prompt=req.prompt), TEXT)
+    specs = [serving.job_spec(req, prompt=prompt) for prompt in req.prompts]
+    return await serving.serve(request, req, specs, TEXT)
 
 
 class TextFlavor:

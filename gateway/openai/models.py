@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from llama_orch.v1 import common_pb2
 
-from common.errors import OrchError
+from gateway import openapi
 from gateway.middleware import caller_of
 from gateway.orchestrator_client import OrchestratorClient
 
@@ -21,7 +21,7 @@ def model_object(info: common_pb2.ModelInfo) -> dict[str, Any]:
             "owned_by": info.owned_by or _OWNER}
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", **openapi.operation(ok=openapi.ModelList))
 async def list_models(request: Request) -> dict[str, Any]:
     client: OrchestratorClient = request.app.state.orchestrator
     models = await client.list_models(caller_of(request))
@@ -29,13 +29,8 @@ async def list_models(request: Request) -> dict[str, Any]:
 
 
 # `path`: model ids such as "org/name" or "hf:org/repo@rev::file=x" contain slashes.
-@router.get("/v1/models/{model:path}")
+@router.get("/v1/models/{model:path}", **openapi.operation(
+    ok=openapi.Model, errors=(404, *openapi.UPSTREAM)))
 async def retrieve_model(model: str, request: Request) -> dict[str, Any]:
     client: OrchestratorClient = request.app.state.orchestrator
-    try:
-        return model_object(await client.get_model(model, caller_of(request)))
-    except OrchError as err:
-        # A bare gRPC NOT_FOUND (no ErrorInfo) still means "no such model" here.
-        if err.code == "NOT_FOUND":
-            raise OrchError("MODEL_NOT_FOUND", err.message, param="model") from None
-        raise
+    return model_object(await client.get_model(model, caller_of(request)))

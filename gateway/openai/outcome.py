@@ -1,4 +1,8 @@
-"""What a job's event stream adds up to, per choice: text, logprobs, finish, usage.
+"""What the event streams of a request's jobs add up to, per choice: text, logprobs,
+finish, usage.
+
+A request is one job, or one job per prompt for a completion with several prompts;
+each job has `n` choices, and choice j of job i is the response's choice `i * n + j`.
 
 Event contract (events.proto): `queued` first, then `dispatched`, `started`, `tokens`*,
 `metrics`*, `retrying`, `divergence`, and per choice exactly one terminal `end`, or
@@ -6,14 +10,16 @@ one `error` for the whole job. Tokens are append-only: a `divergence` says a ret
 produced different tokens from some index on, but nothing already sent is retracted,
 so it only gets logged.
 
-Usage: each `end` is taken to carry its own choice's usage; the job's usage is the
-prompt counted once plus the completions of all choices.
+Usage: each `end` is taken to carry its own choice's usage; a job's usage is its
+prompt counted once plus the completions of all its choices; the response's is the
+sum over its jobs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from llama_orch.v1 import common_pb2, events_pb2
@@ -37,27 +43,31 @@ class ChoiceOutcome:
 
 
 class Outcome:
-    """Folds JobEvents; `add` raises the job's OrchError on an `error` event."""
+    """Folds JobEvents; `add` raises the job's OrchError on an `error` event. The
+    response's id and creation time are its first job's."""
 
-    def __init__(self, first: events_pb2.JobEvent, n: int):
-        self.job_id = first.job_id
-        self.created = first.time.seconds or int(time.time())
+    def __init__(self, firsts: Sequence[events_pb2.JobEvent], n: int):
+        self.job_id = firsts[0].job_id
+        self.job_ids = [f.job_id for f in firsts]
+        self.created = firsts[0].time.seconds or int(time.time())
         self.n = n
-        self.choices = {i: ChoiceOutcome(i) for i in range(n)}
-        self.prompt_tokens = 0
+        self.choices = {i: ChoiceOutcome(i) for i in range(n * len(firsts))}
+        self.prompt_tokens = [0] * len(firsts)
         self.fingerprint: str | None = None
         self.divergences: list[events_pb2.JobDivergence] = []
 
-    def choice(self, index: int) -> ChoiceOutcome:
-        return self.choices.setdefault(index, ChoiceOutcome(index))
+    def choice(self, job: int, index: int) -> ChoiceOutcome:
+        at = job * self.n + index
+        return self.choices.setdefault(at, ChoiceOutcome(at))
 
-    def add(self, event: events_pb2.JobEvent) -> tuple[ChoiceOutcome, int] | None:
-        """Fold one event. For tokens and end, return the choice and its text offset
-        before this event (what a stream needs to render a chunk)."""
+    def add(self, event: events_pb2.JobEvent, job: int = 0) -> tuple[ChoiceOutcome, int] | None:
+        """Fold one event of the request's `job`-th job. For tokens and end, return the
+        choice and its text offset before this event (what a stream needs to render a
+        chunk)."""
         kind = event.WhichOneof("kind")
         if kind == "tokens":
             tokens = event.tokens
-            choice = self.choice(tokens.choice_index)
+            choice = self.choice(job, tokens.choice_index)
             offset = choice.chars
             choice.parts.append(tokens.text)
             choice.logprobs.extend(tokens.logprobs)
@@ -66,14 +76,14 @@ class Outcome:
             return choice, offset
         if kind == "end":
             end = event.end
-            choice = self.choice(end.choice_index)
+            choice = self.choice(job, end.choice_index)
             choice.finish_reason = end.finish_reason or "stop"
             choice.completion_tokens = end.usage.completion_tokens or choice.tokens
-            self.prompt_tokens = max(self.prompt_tokens, end.usage.prompt_tokens)
+            self.prompt_tokens[job] = max(self.prompt_tokens[job], end.usage.prompt_tokens)
             self.fingerprint = fingerprint(end.proof) or self.fingerprint
             return choice, choice.chars
         if kind == "started":
-            self.prompt_tokens = max(self.prompt_tokens, event.started.prompt_tokens)
+            self.prompt_tokens[job] = max(self.prompt_tokens[job], event.started.prompt_tokens)
         elif kind == "divergence":
             self.divergences.append(event.divergence)
         elif kind == "error":
@@ -91,9 +101,10 @@ class Outcome:
                                         "every choice finished")
 
     def usage(self) -> dict[str, int]:
+        prompt = sum(self.prompt_tokens)
         completion = sum(c.completion_tokens or c.tokens for c in self.choices.values())
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
-                "total_tokens": self.prompt_tokens + completion}
+        return {"prompt_tokens": prompt, "completion_tokens": completion,
+                "total_tokens": prompt + completion}
 
 
 def fingerprint(proof: common_pb2.ProofRecord) -> str | None:

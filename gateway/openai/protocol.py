@@ -1,36 +1,57 @@
 """OpenAI request bodies, validated as OpenAI validates them.
 
 Pydantic only: no engine, gRPC or FastAPI imports, so these models say what a valid
-request is and nothing about how it is served.
+request is and nothing about how it is served. Their JSON schemas are the request
+bodies of the gateway's OpenAPI document (gateway.openapi), so each field's schema
+says what the validators accept: the two must agree (tests/gateway/test_gateway_openapi.py
+runs schemathesis against them).
 
 - Types are strict (`"0.5"` is not a temperature, `1` is not a boolean).
 - Unknown fields are accepted and ignored, as OpenAI does, so newer SDKs keep working.
-- Known OpenAI fields whose meaning we cannot honour (tools, echo, logit_bias, ...)
-  are refused with UNSUPPORTED_PARAMETER instead of being ignored: ignoring them
-  would silently change what the answer means.
+- Known OpenAI fields whose meaning we cannot honour (tools, echo, logit_bias, a
+  role "tool", ...) are refused with UNSUPPORTED_PARAMETER instead of being ignored:
+  ignoring them would silently change what the answer means. Given their neutral
+  value (`tools: []`, `echo: false`, `tool_choice: "none"`) they are accepted.
 - Extension fields: `priority` ("interactive" | "batch"), `detach` (a disconnect does
   not cancel the job) and `top_k`, as vLLM and Ollama accept it.
 
-Ranges: temperature 0..2, top_p (0, 1], penalties -2..2, n 1..8, at most 4 stop
-strings, seed 0..2^64-1, max_tokens >= 1, top_logprobs 0..20 (completions: logprobs 0..5).
+Ranges: temperature 0..2, top_p (0, 1], penalties -2..2, n 1..max_n (the gateway's
+`max_n`, 8 unless configured; given as validation context), at most 4 stop strings of
+1..256 characters, seed 0..2^64-1, max_tokens >= 1, top_logprobs 0..20 (completions:
+logprobs 0..5), a completion prompt is a string or 1..16 strings.
 
 `SamplingFields` (model, sampling, priority, detach, user) is shared with the native
-/v2 task body (gateway.v2.protocol), so both APIs refuse the same input the same way.
+/v2 task body (gateway.v2.protocol), so both APIs refuse the same input the same way;
+so are the chat-style logprobs fields (`TopLogprobs`, `ChatLogprobs`).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
-MAX_N = 8
+MAX_N = 8  # the default of GatewayConfig.max_n
 MAX_STOP = 4
+MAX_STOP_CHARS = 256  # as the orchestrator's admission
+MAX_PROMPTS = 16
 MAX_TOP_LOGPROBS = 20
 MAX_COMPLETION_LOGPROBS = 5
+MAX_INT32 = 2**31 - 1
 MAX_UINT32 = 2**32 - 1
 MAX_SEED = 2**64 - 1
+ROLES = ("system", "user", "assistant", "developer")
+# OpenAI roles that only make sense with tool calling, which llama-orch does not do.
+_TOOL_ROLES = ("tool", "function")
 
 
 # Validators raise ValueError (never TypeError), the one pydantic reports as a
@@ -55,6 +76,45 @@ def unsupported(what: str = "this parameter", hint: str = "") -> PydanticCustomE
                                {"what": what, "hint": hint})
 
 
+def _schema(schema: dict[str, Any]) -> WithJsonSchema:
+    """The JSON schema of an optional field whose type a validator checks (`Any`)."""
+    return WithJsonSchema({"anyOf": [schema, {"type": "null"}]})
+
+
+_STOP_STRING = {"type": "string", "minLength": 1, "maxLength": MAX_STOP_CHARS}
+_TEXT_PART = {"type": "object", "properties": {"type": {"const": "text"},
+                                               "text": {"type": "string"}},
+              "required": ["type", "text"]}
+
+
+def _needs_logprobs(value: int | None, info: ValidationInfo) -> int | None:
+    if value and not info.data.get("logprobs"):
+        raise ValueError("logprobs must be true when top_logprobs is used")
+    return value
+
+
+# Chat-style logprobs (chat completions and /v2 tasks): `logprobs: bool = False` and
+# `top_logprobs: TopLogprobs = None`. Each model declares the two fields itself, right
+# where they belong: pydantic orders fields by declaration (and validates in that
+# order: the check above reads `logprobs`), and fields inherited from a mixin would
+# come first instead.
+TopLogprobs = Annotated[int | None, Field(ge=0, le=MAX_TOP_LOGPROBS),
+                        AfterValidator(_needs_logprobs)]
+
+
+class ChatLogprobs:
+    """What serving reads from the chat-style logprobs fields (see TopLogprobs). No
+    annotations here: pydantic would take them for fields."""
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return self.logprobs  # type: ignore[attr-defined]
+
+    @property
+    def top_logprob_count(self) -> int:
+        return self.top_logprobs or 0  # type: ignore[attr-defined]
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
@@ -73,17 +133,20 @@ class SamplingFields(_Body):
     model: Text = Field(min_length=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=1, le=MAX_UINT32)
+    top_k: int | None = Field(None, ge=1, le=MAX_INT32)  # an int32 in the contract
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
-    stop: Any = None
+    stop: Annotated[Any, _schema({"anyOf": [
+        _STOP_STRING, {"type": "array", "items": _STOP_STRING, "maxItems": MAX_STOP}]})] = None
     max_tokens: int | None = Field(None, ge=1, le=MAX_UINT32)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    n: int | None = Field(None, ge=1, le=MAX_N)
+    # The upper bound is the gateway's max_n, checked below; gateway.openapi puts it in
+    # the app's document.
+    n: int | None = Field(None, ge=1)
     user: Text | None = None
     priority: Literal["interactive", "batch"] = "interactive"
     detach: bool = False
-    logit_bias: Any = None
+    logit_bias: Annotated[Any, _schema({"type": "object", "maxProperties": 0})] = None
 
     @field_validator("stop")
     @classmethod
@@ -94,12 +157,25 @@ class SamplingFields(_Body):
         if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
             raise ValueError("must be a string or a list of strings")
         if len(stops) > MAX_STOP:
-            raise ValueError(f"at most {MAX_STOP} stop sequences are allowed")
+            raise ValueError(f"at most {MAX_STOP} stop sequences are allowed, got {len(stops)}")
+        for s in stops:
+            if not 1 <= len(s) <= MAX_STOP_CHARS:
+                raise ValueError(f"each stop sequence must be 1 to {MAX_STOP_CHARS} characters")
         return [_utf8(s) for s in stops]
+
+    @field_validator("n")
+    @classmethod
+    def _n(cls, value: int | None, info: ValidationInfo) -> int | None:
+        limit = (info.context or {}).get("max_n", MAX_N)
+        if value is not None and value > limit:
+            raise ValueError(f"must be at most {limit}")
+        return value
 
     @field_validator("logit_bias")
     @classmethod
     def _logit_bias(cls, value: Any) -> None:
+        if value is not None and not isinstance(value, dict):
+            raise ValueError("must be an object")
         if value:
             raise unsupported()
 
@@ -118,6 +194,15 @@ class SamplingFields(_Body):
     @property
     def top_logprob_count(self) -> int:
         return 0
+
+    @property
+    def penalised(self) -> str | None:
+        """The first penalty field with an effect (non-zero), if any: only engines that
+        implement penalties may run this request."""
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name):
+                return name
+        return None
 
 
 class GenerationRequest(SamplingFields):
@@ -141,9 +226,19 @@ class GenerationRequest(SamplingFields):
 
 class ChatMessage(_Body):
     # "developer" is OpenAI's newer name for "system", and is sent to the orchestrator as such.
-    role: Literal["system", "user", "assistant", "developer"]
-    content: Any = Field(...)
+    role: Annotated[Any, WithJsonSchema({"enum": list(ROLES)})] = Field(...)
+    content: Annotated[Any, WithJsonSchema({"anyOf": [
+        {"type": "string"}, {"type": "array", "items": _TEXT_PART}]})] = Field(...)
     name: Text | None = None
+
+    @field_validator("role")
+    @classmethod
+    def _role(cls, value: Any) -> str:
+        if value in _TOOL_ROLES:
+            raise unsupported(f"role {value!r}", " (no tool calling)")
+        if not isinstance(value, str) or value not in ROLES:
+            raise ValueError(f"must be one of {', '.join(ROLES)}")
+        return value
 
     @field_validator("content")
     @classmethod
@@ -165,39 +260,46 @@ class ChatMessage(_Body):
         return "".join(texts)
 
 
-class ChatCompletionRequest(GenerationRequest):
+def _none_or_empty_list(value: Any) -> None:
+    if value is not None and not isinstance(value, list):
+        raise ValueError("must be an array")
+    if value:
+        raise unsupported()
+
+
+class ChatCompletionRequest(ChatLogprobs, GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_UINT32)
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
-    tools: Any = None
-    functions: Any = None
-    tool_choice: Any = None
-    response_format: Any = None
-
-    @field_validator("top_logprobs")
-    @classmethod
-    def _top_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
-        if value and not info.data.get("logprobs"):
-            raise ValueError("logprobs must be true when top_logprobs is used")
-        return value
+    top_logprobs: TopLogprobs = None
+    tools: Annotated[Any, _schema({"type": "array", "maxItems": 0})] = None
+    functions: Annotated[Any, _schema({"type": "array", "maxItems": 0})] = None
+    tool_choice: Annotated[Any, _schema({"const": "none"})] = None
+    response_format: Annotated[Any, _schema({
+        "type": "object", "properties": {"type": {"const": "text"}}, "required": ["type"]})] = None
 
     @field_validator("tools", "functions")
     @classmethod
-    def _no_tools(cls, value: Any, info: ValidationInfo) -> None:
-        if value:
-            raise unsupported()
+    def _no_tools(cls, value: Any) -> None:
+        _none_or_empty_list(value)
 
     @field_validator("tool_choice")
     @classmethod
     def _tool_choice(cls, value: Any) -> None:
-        if value not in (None, "none"):
-            raise unsupported()
+        if value is None or value == "none":
+            return
+        if not isinstance(value, (str, dict)):
+            raise ValueError("must be a string or an object")
+        raise unsupported()
 
     @field_validator("response_format")
     @classmethod
     def _response_format(cls, value: Any) -> None:
-        if value is not None and value != {"type": "text"}:
+        if value is None:
+            return
+        if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+            raise ValueError("must be an object with a type")
+        if value["type"] != "text":
             raise unsupported("a response_format other than text")
 
     @property
@@ -205,36 +307,40 @@ class ChatCompletionRequest(GenerationRequest):
         # max_completion_tokens supersedes the deprecated max_tokens.
         return self.max_completion_tokens or self.max_tokens
 
-    @property
-    def wants_logprobs(self) -> bool:
-        return self.logprobs
-
-    @property
-    def top_logprob_count(self) -> int:
-        return self.top_logprobs or 0
-
 
 class CompletionRequest(GenerationRequest):
-    prompt: Any = Field(...)
+    """A legacy completion. `prompt` is validated to a list of 1..MAX_PROMPTS strings:
+    each becomes its own job with `n` choices, and choice `i * n + j` is choice j of
+    prompt i, as OpenAI numbers them."""
+
+    prompt: Annotated[Any, WithJsonSchema({"anyOf": [
+        {"type": "string"},
+        {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": MAX_PROMPTS},
+    ]})] = Field(...)
     # Legacy completions: an int, the number of most likely tokens to return per token.
     logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
-    echo: bool = False
-    suffix: Any = None
-    best_of: Any = None
+    echo: Annotated[bool, WithJsonSchema({"type": "boolean", "const": False})] = False
+    suffix: Annotated[Any, _schema({"const": ""})] = None
+    best_of: Annotated[Any, _schema({"const": 1})] = None
 
     @field_validator("prompt")
     @classmethod
-    def _prompt(cls, value: Any) -> str:
-        """One prompt string; a list holding exactly one string is the same prompt."""
-        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
-            value = value[0]
+    def _prompt(cls, value: Any) -> list[str]:
         if isinstance(value, str):
-            return _utf8(value)
-        if isinstance(value, list) and value and all(isinstance(p, str) for p in value):
-            raise unsupported("a list of several prompts", "; send one request per prompt")
-        if isinstance(value, list) and value and all(isinstance(p, (int, list)) for p in value):
-            raise unsupported("a prompt of token ids")
-        raise ValueError("must be a string")
+            return [_utf8(value)]
+        if not isinstance(value, list) or not value:
+            raise ValueError("must be a string or a non-empty list of strings")
+        if all(isinstance(p, str) for p in value):
+            if len(value) > MAX_PROMPTS:
+                raise ValueError(f"at most {MAX_PROMPTS} prompts are allowed, got {len(value)}")
+            return [_utf8(p) for p in value]
+        if all(isinstance(p, int) and not isinstance(p, bool) for p in value) or all(
+                isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool)
+                                                  for t in p) for p in value):
+            # The contract carries text and the gateway has no tokenizer: token ids
+            # could only be decoded and re-encoded, which need not give them back.
+            raise unsupported("a prompt of token ids", "; send the prompt as text")
+        raise ValueError("must be a string or a list of strings")
 
     @field_validator("echo")
     @classmethod
@@ -246,18 +352,23 @@ class CompletionRequest(GenerationRequest):
     @field_validator("suffix")
     @classmethod
     def _suffix(cls, value: Any) -> None:
+        if value is not None and not isinstance(value, str):
+            raise ValueError("must be a string")
         if value:
             raise unsupported()
 
     @field_validator("best_of")
     @classmethod
     def _best_of(cls, value: Any) -> None:
-        if value not in (None, 1):
-            raise unsupported()
+        if value is None or (value == 1 and type(value) is int):
+            return
+        if type(value) is not int:
+            raise ValueError("must be an integer")
+        raise unsupported()
 
     @property
-    def length_limit(self) -> int | None:
-        return self.max_tokens
+    def prompts(self) -> list[str]:
+        return self.prompt
 
     @property
     def wants_logprobs(self) -> bool:

@@ -5,15 +5,20 @@ The endpoint-specific shapes (a chat `message`/`delta` versus a completion `text
 the two logprobs layouts) come from a `Flavor`; everything about the job's events,
 errors and cancellation is here, once.
 
-Cancellation: the job lives as long as its Generate call. When the HTTP client goes
-away, streamed or not, the call is cancelled and the orchestrator cancels the job
+A request is one job, or for a completion with several prompts one job per prompt,
+all admitted before the response starts (a refusal of any is the request's error) and
+merged into one response whose choice `i * n + j` is choice j of prompt i.
+
+Cancellation: a job lives as long as its Generate call. When the HTTP client goes
+away, streamed or not, the calls are cancelled and the orchestrator cancels the jobs
 (unless the request said `detach`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Sequence
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, Protocol
 
 from fastapi import Request, Response
@@ -21,10 +26,10 @@ from fastapi.responses import JSONResponse
 from llama_orch.v1 import common_pb2, events_pb2
 
 from common import log
-from common.errors import OrchError
+from common.errors import InvalidInput, OrchError
 from gateway import sse
 from gateway.errors import error_body
-from gateway.middleware import caller_of
+from gateway.middleware import caller_of, idempotency_key
 from gateway.openai.outcome import Outcome
 from gateway.openai.protocol import (
     ChatCompletionRequest,
@@ -32,7 +37,7 @@ from gateway.openai.protocol import (
     CompletionRequest,
     SamplingFields,
 )
-from gateway.orchestrator_client import JobEvents, OrchestratorClient
+from gateway.orchestrator_client import Caller, JobEvents, OrchestratorClient
 
 GenRequest = ChatCompletionRequest | CompletionRequest
 
@@ -40,6 +45,7 @@ _PRIORITY = {"interactive": common_pb2.PRIORITY_INTERACTIVE, "batch": common_pb2
 # The contract knows system, user and assistant; "developer" is OpenAI's newer "system".
 _ROLE = {"developer": "system"}
 _OPTIONAL = ("temperature", "top_p", "top_k", "seed", "presence_penalty", "frequency_penalty")
+_MAX_KEY = 256  # the orchestrator's limit on an idempotency key
 
 
 class Flavor(Protocol):
@@ -78,26 +84,109 @@ def job_spec(req: SamplingFields, **input: Any) -> common_pb2.JobSpec:
                               detach=req.detach, user=req.user or "", **input)
 
 
-async def serve(request: Request, req: GenRequest, spec: common_pb2.JobSpec,
+async def serve(request: Request, req: GenRequest, specs: Sequence[common_pb2.JobSpec],
                 flavor: Flavor) -> Response:
+    """Run `specs` (one job, or one per prompt) and answer with their choices."""
     client: OrchestratorClient = request.app.state.orchestrator
-    events = await client.generate(spec, caller_of(request),
-                                   idempotency_key=_idempotency_key(request))
-    # From here on the job is admitted: errors are the job's, not the request's.
+    caller = caller_of(request)
+    await check_engine_support(client, req, caller)
+    streams = await _generate_all(client, specs, caller, idempotency_key(request))
+    # From here on the jobs are admitted: errors are the jobs', not the request's.
     if req.stream:
-        return sse.EventStreamResponse(_stream(request, events, req, flavor))
+        return sse.EventStreamResponse(_stream(request, streams, req, flavor))
     try:
-        outcome = await _until_disconnect(request, _collect(request, events, req))
+        outcome = await _until_disconnect(request, _collect(request, streams, req))
     finally:
-        events.cancel()
+        _cancel(streams)
     return JSONResponse(_whole(outcome, req, flavor))
 
 
-async def _collect(request: Request, events: JobEvents, req: GenRequest) -> Outcome:
-    outcome = Outcome(events.first, req.choices)
+async def check_engine_support(client: OrchestratorClient, req: SamplingFields,
+                               caller: Caller) -> None:
+    """Refuse, before any job exists, a parameter the model's engine would ignore.
+
+    The orchestrator says what each model's engine honours (ModelInfo.supports_*); only
+    presence/frequency penalties differ between engines today (hf and trtllm apply
+    them, the simulator does not). The lookup is made only for a request that sets a
+    penalty, so other requests pay nothing for it."""
+    param = req.penalised
+    if param is None:
+        return
+    info = await client.get_model(req.model, caller)
+    if not info.supports_penalties:
+        raise InvalidInput("UNSUPPORTED_PARAMETER",
+                           f"{param}: model {req.model!r} runs on an engine "
+                           f"({info.engine or 'unknown'}) that does not apply presence or "
+                           "frequency penalties; leave them out or at 0", param=param)
+
+
+async def _generate_all(client: OrchestratorClient, specs: Sequence[common_pb2.JobSpec],
+                        caller: Caller, key: str) -> list[JobEvents]:
+    """Admit every job, or none: if one is refused, the others are cancelled and the
+    first refusal (in prompt order) is the answer."""
+    if len(specs) == 1:
+        return [await client.generate(specs[0], caller, idempotency_key=key)]
+    # One key per job, so that a retried request finds each of its jobs again.
+    keys = [f"{key}#{i}" if key else "" for i in range(len(specs))]
+    if any(len(k) > _MAX_KEY for k in keys):
+        raise InvalidInput("INVALID_ARGUMENT", f"Idempotency-Key: at most {_MAX_KEY - 3} "
+                           "characters with a list of prompts (each job adds #<i>)",
+                           param="Idempotency-Key")
+    results = await asyncio.gather(*(client.generate(spec, caller, idempotency_key=k)
+                                     for spec, k in zip(specs, keys)), return_exceptions=True)
+    admitted = [r for r in results if isinstance(r, JobEvents)]
+    for result in results:
+        if isinstance(result, BaseException):
+            _cancel(admitted)
+            raise result
+    return admitted
+
+
+def _cancel(streams: Sequence[JobEvents]) -> None:
+    for s in streams:
+        s.cancel()
+
+
+async def _merged(streams: Sequence[JobEvents]) -> AsyncIterator[tuple[int, events_pb2.JobEvent]]:
+    """(job index, event) from all streams as they come; each stream's order is kept.
+    The first failure ends the merge with its error."""
+    if len(streams) == 1:
+        async for event in streams[0]:
+            yield 0, event
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(job: int, events: JobEvents) -> None:
+        try:
+            async for event in events:
+                queue.put_nowait((job, event, None))
+        except Exception as exc:
+            queue.put_nowait((job, None, exc))
+            return
+        queue.put_nowait((job, None, None))
+
+    pumps = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
     try:
-        async for event in events:
-            outcome.add(event)
+        running = len(pumps)
+        while running:
+            job, event, exc = await queue.get()
+            if exc is not None:
+                raise exc
+            if event is None:
+                running -= 1
+                continue
+            yield job, event
+    finally:
+        for p in pumps:
+            p.cancel()
+
+
+async def _collect(request: Request, streams: Sequence[JobEvents], req: GenRequest) -> Outcome:
+    outcome = Outcome([s.first for s in streams], req.choices)
+    try:
+        async with contextlib.aclosing(_merged(streams)) as events:
+            async for job, event in events:
+                outcome.add(event, job)
     finally:
         _log_divergences(outcome, caller_of(request).correlation_id)
     outcome.check_done()
@@ -116,11 +205,11 @@ def _whole(outcome: Outcome, req: GenRequest, flavor: Flavor) -> dict[str, Any]:
             "usage": outcome.usage()}
 
 
-async def _stream(request: Request, events: JobEvents, req: GenRequest,
+async def _stream(request: Request, streams: Sequence[JobEvents], req: GenRequest,
                   flavor: Flavor) -> AsyncGenerator[str, None]:
-    """The SSE body. Its `finally` cancels the call: on a normal end that is a no-op,
-    on a client disconnect (EventStreamResponse closes us) it stops the job."""
-    outcome = Outcome(events.first, req.choices)
+    """The SSE body. Its `finally` cancels the calls: on a normal end that is a no-op,
+    on a client disconnect (EventStreamResponse closes us) it stops the jobs."""
+    outcome = Outcome([s.first for s in streams], req.choices)
     head: dict[str, Any] = {"id": flavor.id_prefix + outcome.job_id,
                             "object": flavor.chunk_object, "created": outcome.created,
                             "model": req.model, "system_fingerprint": None}
@@ -131,21 +220,22 @@ async def _stream(request: Request, events: JobEvents, req: GenRequest,
         return sse.data({**head, "choices": [choice], **tail})
 
     try:
-        for index in range(req.choices):
+        for index in sorted(outcome.choices):
             if (opening := flavor.opening(index)) is not None:
                 yield chunk(opening)
-        async for event in events:
-            added = outcome.add(event)
-            if added is None:
-                continue
-            choice, offset = added
-            if event.HasField("tokens"):
-                logprobs = (flavor.logprobs(event.tokens.logprobs, offset)
-                            if req.wants_logprobs else None)
-                yield chunk(flavor.delta(choice.index, event.tokens.text, logprobs))
-            else:
-                head["system_fingerprint"] = outcome.fingerprint
-                yield chunk(flavor.finish(choice.index, choice.finish_reason or "stop"))
+        async with contextlib.aclosing(_merged(streams)) as events:
+            async for job, event in events:
+                added = outcome.add(event, job)
+                if added is None:
+                    continue
+                choice, offset = added
+                if event.HasField("tokens"):
+                    logprobs = (flavor.logprobs(event.tokens.logprobs, offset)
+                                if req.wants_logprobs else None)
+                    yield chunk(flavor.delta(choice.index, event.tokens.text, logprobs))
+                else:
+                    head["system_fingerprint"] = outcome.fingerprint
+                    yield chunk(flavor.finish(choice.index, choice.finish_reason or "stop"))
         outcome.check_done()
         if req.include_usage:
             yield sse.data({**head, "choices": [], "usage": outcome.usage()})
@@ -159,7 +249,7 @@ async def _stream(request: Request, events: JobEvents, req: GenRequest,
         yield _stream_error(request, OrchError("INTERNAL", "internal gateway error"))
         yield sse.DONE
     finally:
-        events.cancel()
+        _cancel(streams)
         _log_divergences(outcome, caller_of(request).correlation_id)
 
 
@@ -192,11 +282,6 @@ async def _until_disconnect(request: Request, work: Any) -> Outcome:
     if task.cancelled():
         raise OrchError("CANCELLED", "client disconnected before the job finished")
     return task.result()
-
-
-def _idempotency_key(request: Request) -> str:
-    key = request.headers.get("idempotency-key", "")
-    return key if key.isascii() and len(key) <= 256 else ""
 
 
 def _log_divergences(outcome: Outcome, correlation_id: str) -> None:

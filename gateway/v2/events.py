@@ -17,7 +17,7 @@ import re
 from fastapi import APIRouter, Request, Response
 from llama_orch.v1 import events_pb2
 
-from gateway import sse
+from gateway import openapi, sse
 from gateway.middleware import caller_of
 from gateway.orchestrator_client import OrchestratorClient
 from gateway.v2.objects import fact_object
@@ -30,7 +30,11 @@ router = APIRouter()
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
-@router.get("/v2/events")
+@router.get("/v2/events", **openapi.operation(
+    errors=(400, *openapi.UPSTREAM), parameters=[
+        openapi.query("kind", "fact kinds to keep (repeat, or separate with commas)"),
+        openapi.query("job_id", "keep only the facts about this job"), *openapi.RESUME],
+    stream=openapi.FACTS))
 async def watch_events(request: Request) -> Response:
     kinds = fact_kinds(request.query_params.getlist("kind"))
     after, _ = resume_position(request.headers.get("last-event-id"),

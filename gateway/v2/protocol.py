@@ -26,17 +26,18 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from common.errors import InvalidInput
 from gateway.openai.protocol import (
-    MAX_TOP_LOGPROBS,
     MAX_UINT32,
+    ChatLogprobs,
     ChatMessage,
     SamplingFields,
     Text,
+    TopLogprobs,
 )
 
 MAX_UINT64 = 2**64 - 1
 
 
-class TaskRequest(SamplingFields):
+class TaskRequest(ChatLogprobs, SamplingFields):
     """POST /v2/tasks."""
 
     prompt: Text | None = None
@@ -44,7 +45,7 @@ class TaskRequest(SamplingFields):
     # when messages is absent.
     messages: list[ChatMessage] | None = Field(None, min_length=1, validate_default=True)
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    top_logprobs: TopLogprobs = None
     deadline_ms: int | None = Field(None, ge=0, le=MAX_UINT32)
     keep_output: bool = False
 
@@ -59,21 +60,6 @@ class TaskRequest(SamplingFields):
         if value is not None and has_prompt:
             raise ValueError("give prompt or messages, not both")
         return value
-
-    @field_validator("top_logprobs")
-    @classmethod
-    def _top_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
-        if value and not info.data.get("logprobs"):
-            raise ValueError("logprobs must be true when top_logprobs is used")
-        return value
-
-    @property
-    def wants_logprobs(self) -> bool:
-        return self.logprobs
-
-    @property
-    def top_logprob_count(self) -> int:
-        return self.top_logprobs or 0
 
 
 # ---- resume positions ---------------------------------------------------------------

@@ -16,17 +16,16 @@ body, Idempotency-Key, Last-Event-ID or `after`; 404 `not_found` for an unknown 
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from llama_orch.v1 import events_pb2
 
-from common.errors import InvalidInput, OrchError
-from gateway import sse
+from common.errors import OrchError
+from gateway import openapi, sse
 from gateway.body import read_model
-from gateway.middleware import caller_of
+from gateway.middleware import caller_of, idempotency_key
 from gateway.openai import serving
 from gateway.orchestrator_client import OrchestratorClient
 from gateway.v2.objects import event_object, job_object, task_url
@@ -34,21 +33,6 @@ from gateway.v2.protocol import TaskRequest, resume_position
 from gateway.v2.relay import open_stream, relay
 
 router = APIRouter()
-
-# The orchestrator refuses keys over 256 characters; printable ASCII keeps the header
-# byte-for-byte what the client sent (non-ASCII header bytes decode ambiguously).
-_KEY = re.compile(r"[\x20-\x7e]{1,256}")
-
-
-def idempotency_key(request: Request) -> str:
-    """The Idempotency-Key header ("" when absent); a bad one is a 400, never ignored:
-    a client that asked for exactly-once submission must not silently lose it."""
-    key = request.headers.get("idempotency-key", "").strip(" \t")
-    if key and not _KEY.fullmatch(key):
-        raise InvalidInput("INVALID_ARGUMENT", "Idempotency-Key must be 1 to 256 printable "
-                           "ASCII characters", param="Idempotency-Key")
-    return key
-
 
 def _client(request: Request) -> OrchestratorClient:
     return request.app.state.orchestrator
@@ -58,10 +42,13 @@ def _job(request: Request, job: Any) -> dict[str, Any]:
     return job_object(job, request.scope.get("root_path", ""))
 
 
-@router.post("/v2/tasks", status_code=202)
+@router.post("/v2/tasks", **openapi.operation(
+    body=TaskRequest, ok=openapi.Task, status=202, also=(200,), errors=openapi.GENERATION,
+    parameters=[openapi.IDEMPOTENCY_KEY]))
 async def submit_task(request: Request) -> Response:
     req = await read_model(request, TaskRequest)
     key = idempotency_key(request)
+    await serving.check_engine_support(_client(request), req, caller_of(request))
     if req.messages is not None:
         spec = serving.job_spec(req, chat=serving.chat_messages(req.messages))
     else:
@@ -74,19 +61,23 @@ async def submit_task(request: Request) -> Response:
                         status_code=200 if existing else 202, headers={"location": location})
 
 
-@router.get("/v2/tasks/{job_id}")
+@router.get("/v2/tasks/{job_id}", **openapi.operation(
+    ok=openapi.Task, errors=(404, *openapi.UPSTREAM)))
 async def get_task(job_id: str, request: Request) -> dict[str, Any]:
     return _job(request, await _client(request).get_job(job_id, caller_of(request)))
 
 
-@router.delete("/v2/tasks/{job_id}")
+@router.delete("/v2/tasks/{job_id}", **openapi.operation(
+    ok=openapi.Task, errors=(404, *openapi.UPSTREAM)))
 async def cancel_task(job_id: str, request: Request) -> dict[str, Any]:
     """Cancellation is asynchronous: the job returned may still be running; its
     events end with `error` (code cancelled) once the orchestrator has stopped it."""
     return _job(request, await _client(request).cancel_job(job_id, caller_of(request)))
 
 
-@router.get("/v2/tasks/{job_id}/events")
+@router.get("/v2/tasks/{job_id}/events", **openapi.operation(
+    errors=(400, 404, *openapi.UPSTREAM), parameters=openapi.RESUME,
+    stream=openapi.JOB_EVENTS))
 async def task_events(job_id: str, request: Request) -> Response:
     """The job's events after the resume position (0: all of them), live until its
     terminal event; each is `id: <seq>`, `event: <kind>`, `data: <json>`."""

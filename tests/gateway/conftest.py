@@ -16,6 +16,7 @@ import uvicorn
 from llama_orch.v1 import client_pb2_grpc
 
 from common.grpc_server import Server
+from gateway import server as gateway_server
 from gateway.app import create_app
 from gateway.main import bind
 from tests.gateway.scripted_orchestrator import ScriptedOrchestrator
@@ -48,12 +49,12 @@ async def client(app) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @contextlib.asynccontextmanager
-async def served(app) -> AsyncIterator[str]:
-    """`app` served by uvicorn on an ephemeral port, in this event loop; yields its URL."""
+async def served(app, **timeouts: float) -> AsyncIterator[str]:
+    """`app` served on an ephemeral port, in this event loop, as `python -m gateway`
+    serves it (gateway.server; `timeouts` override its read deadlines); yields its URL."""
     sock = bind("127.0.0.1:0")
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False,
-                                          lifespan="on"))
+    server = uvicorn.Server(gateway_server.config(app, **timeouts))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():

@@ -4,7 +4,10 @@ It serves the real gRPC contract on a real grpc.aio server, but plays back scrip
 instead of scheduling anything, and records what the gateway sent (requests,
 metadata) and whether a streaming call was cancelled.
 
-    Generate    plays `script` (events; `job_id` and `seq` are filled in)
+    Generate    plays `script` (events; `job_id` and `seq` are filled in); when
+                `script` is None, hello_script for every choice the request asks
+                for (n), or `script_of(request)` when that is set; each Generate
+                call is a new job ("job-0001", "job-0002", ...)
     StreamJob   plays the same `script` for a job in `jobs`, from after_seq; an
                 after_seq beyond the script is RESUME_OUT_OF_RANGE, an unknown job
                 NOT_FOUND, as the orchestrator answers
@@ -24,6 +27,7 @@ the call with that error there.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -75,13 +79,18 @@ def error(code: str, message: str = "it broke") -> events_pb2.JobEvent:
     return events_pb2.JobEvent(error=errors_pb2.ErrorDetail(code=code_value(code), message=message))
 
 
-def hello_script() -> list:
-    return [queued(), started(5), tokens("Hello"), tokens(" world"), end("stop", 5, 2)]
+def hello_script(n: int = 1) -> list:
+    """Every choice says "Hello world" (5 prompt tokens, 2 completion tokens)."""
+    return [queued(), started(5),
+            *(tokens(t, index=i) for i in range(n) for t in ("Hello", " world")),
+            *(end("stop", 5, 2, index=i) for i in range(n))]
 
 
-def model(id: str, created: int = CREATED, owned_by: str = "llama-orch") -> common_pb2.ModelInfo:
+def model(id: str, created: int = CREATED, owned_by: str = "llama-orch",
+          engine: str = "hf") -> common_pb2.ModelInfo:
     return common_pb2.ModelInfo(id=id, ref=f"file:/models/{id}", created=Timestamp(seconds=created),
-                                owned_by=owned_by, context_length=2048)
+                                owned_by=owned_by, context_length=2048, engine=engine,
+                                supports_logprobs=True, supports_penalties=engine == "hf")
 
 
 def job_record(job_id: str = JOB_ID, status: int = common_pb2.JOB_STATUS_SUCCEEDED,
@@ -125,12 +134,14 @@ def fact_script() -> list:
 class ScriptedOrchestrator(client_pb2_grpc.ClientServiceServicer):
     models: list[common_pb2.ModelInfo] = field(
         default_factory=lambda: [model("tiny"), model("org/big-model", owned_by="")])
-    script: list = field(default_factory=hello_script)
+    script: list | None = None
+    script_of: Callable[[client_pb2.GenerateRequest], list] | None = None
     # Raised before any event, as admission failures are.
     admission_error: OrchError | None = None
     requests: list[client_pb2.GenerateRequest] = field(default_factory=list)
     metadata: list[dict[str, str]] = field(default_factory=list)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    cancellations: int = 0  # calls (Generate, StreamJob) the client cancelled
     holding: asyncio.Event = field(default_factory=asyncio.Event)
     resume: asyncio.Event = field(default_factory=asyncio.Event)
     # The native API's state and what it received.
@@ -162,15 +173,22 @@ class ScriptedOrchestrator(client_pb2_grpc.ClientServiceServicer):
         self.requests.append(request)
         if self.admission_error is not None:
             await self.admission_error.abort(context)
-        async for ev in self._play(JOB_ID, 0, context):
+        job_id = f"job-{len(self.requests):04d}"
+        script = (self.script_of(request) if self.script_of is not None
+                  else self.script_for(request.spec.sampling.n or 1))
+        async for ev in self._play(job_id, 0, context, script):
             yield client_pb2.GenerateResponse(event=ev)
 
-    async def _play(self, job_id: str, after_seq: int, context):
+    def script_for(self, n: int = 1) -> list:
+        return self.script if self.script is not None else hello_script(n)
+
+    async def _play(self, job_id: str, after_seq: int, context, script: list):
         """The script's events with seq > after_seq; HOLD waits for cancellation, an
-        OrchError ends the call with that error (a broken stream, not a job's error)."""
+        OrchError ends the call with that error (a broken stream, not a job's error;
+        first in a script, it is an admission refusal)."""
         try:
             seq = 0
-            for event in self.script:
+            for event in script:
                 if event is HOLD:
                     self.holding.set()
                     await asyncio.Event().wait()  # until the client cancels
@@ -189,6 +207,7 @@ class ScriptedOrchestrator(client_pb2_grpc.ClientServiceServicer):
                 ev.time.FromSeconds(CREATED)
                 yield ev
         except asyncio.CancelledError:
+            self.cancellations += 1
             self.cancelled.set()
             raise
 
@@ -243,11 +262,11 @@ class ScriptedOrchestrator(client_pb2_grpc.ClientServiceServicer):
         self._record(context)
         self.stream_requests.append(request)
         await self._job(request.job_id, context)
-        available = sum(1 for e in self.script if isinstance(e, events_pb2.JobEvent))
+        available = sum(1 for e in self.script_for() if isinstance(e, events_pb2.JobEvent))
         if request.after_seq > available:
             await OrchError("RESUME_OUT_OF_RANGE", f"after_seq {request.after_seq} is beyond "
                             f"the last event ({available})", param="after_seq").abort(context)
-        async for ev in self._play(request.job_id, request.after_seq, context):
+        async for ev in self._play(request.job_id, request.after_seq, context, self.script_for()):
             yield client_pb2.StreamJobResponse(event=ev)
 
     async def WatchFacts(self, request, context):

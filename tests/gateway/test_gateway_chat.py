@@ -17,6 +17,7 @@ from tests.gateway.scripted_orchestrator import (
     end,
     error,
     logprob,
+    model,
     queued,
     started,
     tokens,
@@ -212,3 +213,61 @@ async def test_whole_completion_disconnect_cancels_the_grpc_call(http_url, orche
         with pytest.raises(asyncio.CancelledError):
             await request
     await asyncio.wait_for(orchestrator.cancelled.wait(), 10)
+
+
+async def test_n_choices_each_get_a_role_chunk_and_a_finish(client, orchestrator):
+    r = await client.post("/v1/chat/completions", json={**HELLO, "n": 3})
+    body = r.json()
+    assert [(c["index"], c["message"]["content"]) for c in body["choices"]] == [
+        (0, "Hello world"), (1, "Hello world"), (2, "Hello world")]
+    assert orchestrator.requests[-1].spec.sampling.n == 3
+    r = await client.post("/v1/chat/completions", json={**HELLO, "n": 2, "stream": True})
+    chunks = sse_events(r.text)[:-1]
+    assert [c["choices"][0]["delta"] for c in chunks[:2]] == [
+        {"role": "assistant", "content": ""}] * 2
+    finishes = [c["choices"][0]["index"] for c in chunks if c["choices"][0]["finish_reason"]]
+    assert sorted(finishes) == [0, 1]
+
+
+# Penalties: the orchestrator says per model whether its engine applies them
+# (ModelInfo.supports_penalties); a penalty the engine would ignore is refused.
+SIM = model("simulated", engine="sim")
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions", {**HELLO, "model": "simulated"}),
+    ("/v1/completions", {"model": "simulated", "prompt": "Once"}),
+    ("/v2/tasks", {"model": "simulated", "prompt": "Once"}),
+], ids=["chat", "completions", "v2"])
+@pytest.mark.parametrize("param", ["presence_penalty", "frequency_penalty"])
+async def test_a_penalty_the_engine_cannot_apply_is_refused(client, orchestrator, path, body,
+                                                            param):
+    orchestrator.models.append(SIM)
+    r = await client.post(path, json={**body, param: 0.5})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert (err["param"], err["code"]) == (param, "unsupported_parameter")
+    assert "sim" in err["message"]
+    assert orchestrator.requests == [] and orchestrator.submits == []
+
+
+async def test_penalties_reach_an_engine_that_applies_them(client, orchestrator):
+    r = await client.post("/v1/chat/completions", json={**HELLO, "presence_penalty": 1.0})
+    assert r.status_code == 200
+    assert orchestrator.requests[-1].spec.sampling.presence_penalty == 1.0
+
+
+async def test_zero_penalties_need_no_lookup(client, orchestrator):
+    orchestrator.models.append(SIM)
+    r = await client.post("/v1/chat/completions", json={
+        **HELLO, "model": "simulated", "presence_penalty": 0, "frequency_penalty": 0.0})
+    assert r.status_code == 200
+    assert orchestrator.requests[-1].spec.sampling.presence_penalty == 0
+    assert len(orchestrator.metadata) == 1  # Generate only, no GetModel
+
+
+async def test_a_penalty_for_an_unknown_model_is_model_not_found(client, orchestrator):
+    r = await client.post("/v1/chat/completions", json={**HELLO, "model": "nope",
+                                                         "frequency_penalty": 1})
+    assert r.status_code == 404
+    assert (r.json()["error"]["code"], r.json()["error"]["param"]) == ("model_not_found", "model")

@@ -46,6 +46,13 @@ BAD_REQUESTS = {
                      "messages[0].role", INVALID),
     "second-role-invalid": (CHAT, chat(messages=[*MSGS, {"role": 1, "content": "x"}]),
                             "messages[1].role", INVALID),
+    "role-case": (CHAT, chat(messages=[{"role": "User", "content": "x"}]),
+                  "messages[0].role", INVALID),
+    "tool-role": (CHAT, chat(messages=[*MSGS, {"role": "tool", "content": "x"}]),
+                  "messages[1].role", UNSUPPORTED),
+    "function-role": (CHAT, chat(messages=[{"role": "function", "content": "x"}]),
+                      "messages[0].role", UNSUPPORTED),
+    "message-not-object": (CHAT, chat(messages=["Hi"]), "messages[0]", INVALID),
     "missing-content": (CHAT, chat(messages=[{"role": "user"}]), "messages[0].content", INVALID),
     "content-wrong-type": (CHAT, chat(messages=[{"role": "user", "content": 5}]),
                            "messages[0].content", INVALID),
@@ -61,11 +68,20 @@ BAD_REQUESTS = {
     "n-zero": (CHAT, chat(n=0), "n", INVALID),
     "n-above-limit": (CHAT, chat(n=9), "n", INVALID),
     "n-float": (CHAT, chat(n=1.5), "n", INVALID),
+    "n-negative": (CHAT, chat(n=-1), "n", INVALID),
+    "top-k-zero": (CHAT, chat(top_k=0), "top_k", INVALID),
+    "top-k-over-int32": (CHAT, chat(top_k=2**31), "top_k", INVALID),
     "five-stops": (CHAT, chat(stop=["a", "b", "c", "d", "e"]), "stop", INVALID),
+    "huge-stop-list": (CHAT, chat(stop=["x"] * 10_000), "stop", INVALID),
+    "huge-stop-string": (CHAT, chat(stop="x" * 257), "stop", INVALID),
+    "empty-stop-string": (CHAT, chat(stop=["a", ""]), "stop", INVALID),
     "stop-not-string": (CHAT, chat(stop=5), "stop", INVALID),
     "stop-list-of-ints": (CHAT, chat(stop=[1]), "stop", INVALID),
     "max-tokens-zero": (CHAT, chat(max_tokens=0), "max_tokens", INVALID),
     "max-tokens-negative": (CHAT, chat(max_tokens=-5), "max_tokens", INVALID),
+    "max-tokens-over-uint32": (CHAT, chat(max_tokens=2**32), "max_tokens", INVALID),
+    "text-max-tokens-zero": (TEXT, text(max_tokens=0), "max_tokens", INVALID),
+    "text-max-tokens-negative": (TEXT, text(max_tokens=-1), "max_tokens", INVALID),
     "max-completion-tokens-zero": (CHAT, chat(max_completion_tokens=0),
                                    "max_completion_tokens", INVALID),
     "seed-negative": (CHAT, chat(seed=-1), "seed", INVALID),
@@ -83,13 +99,18 @@ BAD_REQUESTS = {
     "user-not-string": (CHAT, chat(user=5), "user", INVALID),
     "tools": (CHAT, chat(tools=[{"type": "function"}]), "tools", UNSUPPORTED),
     "tool-choice": (CHAT, chat(tool_choice="auto"), "tool_choice", UNSUPPORTED),
+    "tool-choice-wrong-type": (CHAT, chat(tool_choice=5), "tool_choice", INVALID),
+    "tools-wrong-type": (CHAT, chat(tools={"type": "function"}), "tools", INVALID),
     "json-mode": (CHAT, chat(response_format={"type": "json_object"}),
                   "response_format", UNSUPPORTED),
     "logit-bias": (CHAT, chat(logit_bias={"1": 5}), "logit_bias", UNSUPPORTED),
     "missing-prompt": (TEXT, {"model": "tiny"}, "prompt", INVALID),
     "prompt-not-string": (TEXT, text(prompt=5), "prompt", INVALID),
-    "several-prompts": (TEXT, text(prompt=["a", "b"]), "prompt", UNSUPPORTED),
+    "too-many-prompts": (TEXT, text(prompt=["a"] * 17), "prompt", INVALID),
+    "empty-prompt-list": (TEXT, text(prompt=[]), "prompt", INVALID),
+    "mixed-prompt-list": (TEXT, text(prompt=["a", 1]), "prompt", INVALID),
     "token-prompt": (TEXT, text(prompt=[1, 2, 3]), "prompt", UNSUPPORTED),
+    "token-prompts": (TEXT, text(prompt=[[1, 2], [3]]), "prompt", UNSUPPORTED),
     "completion-logprobs-high": (TEXT, text(logprobs=6), "logprobs", INVALID),
     "echo": (TEXT, text(echo=True), "echo", UNSUPPORTED),
     "suffix": (TEXT, text(suffix="end"), "suffix", UNSUPPORTED),
@@ -109,12 +130,46 @@ async def test_bad_request_is_400_with_param(client, orchestrator, path, body, p
     assert orchestrator.requests == []  # refused at the edge, never submitted
 
 
-@pytest.mark.parametrize("path,body", [(CHAT, chat(some_future_field=1, metadata={"a": "b"})),
-                                       (TEXT, text(stream_options=None, tools=None, echo=False))],
-                         ids=["unknown-fields", "explicit-defaults"])
+@pytest.mark.parametrize("path,body", [
+    (CHAT, chat(some_future_field=1, metadata={"a": "b"}, store=False)),
+    (TEXT, text(stream_options=None, tools=None, echo=False)),
+    (CHAT, chat(tools=[], tool_choice="none", response_format={"type": "text"}, logit_bias={})),
+    (TEXT, text(suffix="", best_of=1, logit_bias=None)),
+], ids=["unknown-fields", "explicit-defaults", "neutral-chat-values", "neutral-text-values"])
 async def test_unknown_fields_and_explicit_defaults_are_accepted(client, path, body):
     r = await client.post(path, json=body)
     assert r.status_code == 200, r.text
+
+
+async def test_unknown_fields_are_ignored_not_forwarded(client, orchestrator):
+    await client.post(CHAT, json=OK_CHAT)
+    await client.post(CHAT, json=chat(some_future_field={"x": 1}, temperature_v2=3))
+    first, second = orchestrator.requests
+    assert first.spec == second.spec
+
+
+@pytest.mark.parametrize("n,status", [(2, 200), (3, 400)], ids=["at-limit", "above-limit"])
+async def test_n_is_bounded_by_the_gateway_setting(orchestrator, n, status):
+    from gateway.app import create_app
+    from tests.gateway.conftest import in_process
+
+    async with in_process(create_app(orchestrator.address, max_n=2)) as c:
+        for path, body in ((CHAT, chat(n=n)), (TEXT, text(n=n)), ("/v2/tasks", text(n=n))):
+            r = await c.post(path, json=body)
+            assert r.status_code == (202 if path == "/v2/tasks" and status == 200 else status)
+            if status == 400:
+                err = r.json()["error"]
+                assert (err["param"], err["code"]) == ("n", "invalid_argument")
+                assert "at most 2" in err["message"]
+
+
+@pytest.mark.parametrize("key", ["\u00e9t\u00e9".encode(), b"x" * 257],
+                         ids=["non-ascii", "too-long"])
+async def test_a_bad_idempotency_key_is_refused_on_v1_too(client, orchestrator, key):
+    r = await client.post(CHAT, json=OK_CHAT, headers={"Idempotency-Key": key})
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "Idempotency-Key"
+    assert orchestrator.requests == []
 
 
 async def test_body_over_the_limit_is_413(client):
@@ -122,6 +177,35 @@ async def test_body_over_the_limit_is_413(client):
     r = await client.post(CHAT, json=huge)
     assert r.status_code == 413
     assert r.json()["error"]["code"] == "payload_too_large"
+
+
+async def test_a_client_gone_while_sending_the_body_ends_the_request_quietly(app):
+    """The server reports a disconnect in the middle of the body (gateway.server closes
+    a slow client); the route ends it as CANCELLED, with no crash logged."""
+    from gateway import errors
+
+    messages = iter([{"type": "http.request", "body": b'{"model": ', "more_body": True},
+                     {"type": "http.disconnect"}])
+    sent = []
+
+    async def receive():
+        return next(messages)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": CHAT, "raw_path": CHAT.encode(), "query_string": b"",
+             "root_path": "", "headers": [(b"content-type", b"application/json")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    crashed = []
+    original = errors.crash_response
+    try:
+        errors.crash_response = lambda *a: crashed.append(a) or original(*a)
+        await app(scope, receive, send)
+    finally:
+        errors.crash_response = original
+    assert sent[0]["status"] == 499 and not crashed
 
 
 async def test_body_over_the_limit_without_content_length_is_413(client):

@@ -25,6 +25,7 @@ BAD_ARGS = {
     "not-host-port": ["--listen", "nowhere"],
     "bad-port": ["--listen", "127.0.0.1:99999"],
     "bad-int": ["--max-body-bytes", "zero"],
+    "max-n-zero": ["--max-n", "0"],
     "missing-config": ["--config", "/does/not/exist.toml"],
 }
 
@@ -69,3 +70,31 @@ async def test_serves_the_openai_api_and_stops_on_sigterm(orchestrator):
         _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0
     assert b'"component":"gateway"' in err
+
+
+def test_main_serves_with_bounded_reads_and_the_configured_limits(monkeypatch, tmp_path):
+    """The server `python -m gateway` runs: the gateway's protocol (read deadlines) and
+    the config's max_n and max_body_bytes, flags first."""
+    from gateway import main as gateway_main
+    from gateway.server import BoundedH11Protocol
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, config):
+            seen["config"] = config
+
+        async def serve(self, sockets):
+            for s in sockets:
+                s.close()
+
+    monkeypatch.setattr(gateway_main, "_Server", Recorder)
+    config = tmp_path / "llama-orch.toml"
+    config.write_text("[gateway]\nmax_n = 4\nmax_body_bytes = 1000\n")
+    assert gateway_main.main(["--listen", "127.0.0.1:0", "--config", str(config)]) == 0
+    app = seen["config"].app
+    assert issubclass(seen["config"].http, BoundedH11Protocol)
+    assert (app.state.max_n, app.state.max_body_bytes) == (4, 1000)
+    assert gateway_main.main(["--listen", "127.0.0.1:0", "--config", str(config),
+                              "--max-n", "2"]) == 0
+    assert seen["config"].app.state.max_n == 2
