@@ -65,7 +65,7 @@ def run(config_path: str | None) -> int:
     procs = [("orchestrator", _spawn("orchestrator", common))]
     procs.append(("pool-manager", _spawn("pool_manager", common)))
     metrics_url = f"http://{cfg.orchestrator.metrics_listen}/metrics"
-    procs.append(("gateway", _spawn("gateway", ["--listen", cfg.gateway.listen,
+    procs.append(("gateway", _spawn("gateway", [*common, "--listen", cfg.gateway.listen,
                                                 "--orchestrator", cfg.gateway.orchestrator,
                                                 "--orchestrator-metrics", metrics_url])))
     url = f"http://{cfg.gateway.listen}"
