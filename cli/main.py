@@ -7,6 +7,10 @@
     llama-orch worker ...                    a worker (normally spawned by a pool manager)
     llama-orch events [--orchestrator ADDR]  follow the fact stream as JSON lines
     llama-orch fetch REF [--cache-dir DIR]   download a model into the pool's cache
+    llama-orch ca init|issue|revoke|join-token|enroll-provider|provider-keygen
+                                             the orchestrator's PKI (docs/SECURITY.md)
+    llama-orch tenants create|list ...       tenants, straight in the store (cli/keys.py)
+    llama-orch keys create|list|revoke ...   API keys, likewise: bootstraps the first admin key
 """
 
 from __future__ import annotations
@@ -78,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
             return _events(rest)
         elif cmd == "fetch":
             from cli.fetch import main as run
+        elif cmd == "ca":
+            from cli.ca import main as run
+        elif cmd in ("keys", "tenants"):
+            from cli.keys import main as keys_main
+            return keys_main(args)
         elif cmd == "version":
             from importlib.metadata import version
             print(version("llama-orch"))

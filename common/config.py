@@ -133,6 +133,9 @@ class SecurityConfig:
     join_token_ttl_s: int = 3600
     # Signed registrations older (or newer) than this are refused.
     registration_max_skew_s: int = 300
+    # Pool managers: the provider's Ed25519 private key (PEM) that signs registrations;
+    # required in platform mode (`llama-orch ca provider-keygen` makes one).
+    provider_key: str = ""
 
 
 @dataclass

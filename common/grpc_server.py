@@ -76,7 +76,20 @@ class Server:
         await self.grpc.stop(grace)
 
 
-def channel(address: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
+def channel(address: str, credentials: grpc.ChannelCredentials | None = None, *,
+            target_name: str = "") -> grpc.aio.Channel:
+    """A channel to `address`. Without credentials it dials with the process's installed
+    TLS identity when there is one (common/tls.py: the orchestrator's, for its workers;
+    LLAMA_ORCH_TLS_* for a gateway or CLI), else plaintext. `target_name` is the name
+    the server's certificate must carry, whatever host `address` names."""
     if credentials is None:
-        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-    return grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+        from common import tls
+        ident = tls.installed()
+        if ident is None:
+            return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        material, name_for = ident
+        credentials, target_name = tls.channel_credentials(material), name_for(address)
+    options = list(CHANNEL_OPTIONS)
+    if target_name:
+        options.append(("grpc.ssl_target_name_override", target_name))
+    return grpc.aio.secure_channel(address, credentials, options=options)

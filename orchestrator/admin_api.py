@@ -9,25 +9,76 @@ INVALID_ARGUMENT (a malformed request), and whatever a pool answers a command wi
 
 Pins live in `Orchestrator.pins` (model ref -> {(pool, device)}), in memory only: a
 pinned model's workers on its pinned devices are never evicted (scheduler, validator).
+
+Every method needs an admin-scoped API key when auth is on (orchestrator/auth.py;
+a client key gets PERMISSION_DENIED), and every call is audited unless the audit log
+is off. Tenants and API keys live in the store; a key's secret is returned once, by
+CreateApiKey, and only its hash is kept. `llama-orch keys` / `llama-orch tenants`
+(cli/keys.py) write the same tables directly, to bootstrap the first admin key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 from google.protobuf import timestamp_pb2
 
 from common.errors import OrchError
 from llama_orch.v1 import admin_pb2, admin_pb2_grpc, events_pb2 as F, pool_link_pb2
+from orchestrator import auth
 from orchestrator.client_api import unary
 from orchestrator.core import Orchestrator
 from orchestrator.registry import PoolRecord, WorkerRecord
+from orchestrator.store import DuplicateKey, Store, StoreError
+from orchestrator.store.store import ApiKeyRow, AuditRow, TenantRow
+
+_SCOPE_OF = {admin_pb2.API_KEY_SCOPE_CLIENT: "client", admin_pb2.API_KEY_SCOPE_ADMIN: "admin"}
+_SCOPE_PB = {v: k for k, v in _SCOPE_OF.items()}
+MAX_AUDIT_PAGE = 1000
 
 
+def new_tenant_id() -> str:
+    return "t-" + uuid.uuid4().hex[:12]
+
+
+def _ts(seconds: float) -> timestamp_pb2.Timestamp:
+    t = timestamp_pb2.Timestamp()
+    t.FromNanoseconds(int(seconds * 1e9))
+    return t
+
+
+def tenant_proto(row: TenantRow) -> admin_pb2.Tenant:
+    return admin_pb2.Tenant(
+        tenant_id=row.id, name=row.name, credit_tokens=row.credit_tokens,
+        created_at=_ts(row.created_at),
+        quota=admin_pb2.Quota(max_concurrent_jobs=row.max_concurrent_jobs or 0,
+                              max_vram_bytes=row.vram_ceiling_bytes or 0,
+                              token_budget=row.token_budget or 0, auto_refill=row.auto_refill))
+
+
+def key_proto(row: ApiKeyRow, secret: str = "") -> admin_pb2.ApiKey:
+    return admin_pb2.ApiKey(key_id=row.id, tenant_id=row.tenant_id, scope=_SCOPE_PB[row.scope],
+                            name=row.name, created_at=_ts(row.created_at), revoked=row.revoked,
+                            secret=secret)
+
+
+def audit_proto(row: AuditRow) -> admin_pb2.AuditEntry:
+    return admin_pb2.AuditEntry(id=row.id, time=_ts(row.time), principal=row.principal,
+                                action=row.action, target=row.target, outcome=row.outcome,
+                                correlation_id=row.correlation_id)
+
+
+def _unavailable(exc: StoreError) -> OrchError:
+    return OrchError("UNAVAILABLE", f"the state store failed: {exc}")
+
+
+@auth.guarded(admin_pb2.DESCRIPTOR.services_by_name["AdminService"], admin=True)
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, orch: Orchestrator):
+    def __init__(self, orch: Orchestrator, guard: auth.Guard | None = None):
         self.orch = orch
+        self.guard = guard or auth.guard_of(orch)
 
     def _pool(self, pool_id: str) -> PoolRecord:
         pool = self.orch.registry.pools.get(pool_id)
@@ -178,3 +229,108 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         for result in results:
             if not result.ok:
                 raise OrchError.from_detail(result.error)
+
+    # ---- tenants, API keys, audit log ---------------------------------------------------
+
+    @property
+    def _store(self) -> Store:
+        if self.orch.store is None:
+            raise OrchError("UNAVAILABLE", "this orchestrator runs without a state store")
+        return self.orch.store
+
+    def _changed(self, message: str, **attributes) -> None:
+        """An admin change is a fact (AUDIT: shown to admins only, see tenancy.py)."""
+        call = auth.current_call()
+        self.orch.facts.publish(F.FACT_KIND_AUDIT, message,
+                                correlation_id=call.correlation_id if call else "",
+                                principal=auth.principal().name, **attributes)
+
+    @unary
+    async def CreateTenant(self, request, context):
+        """A new tenant with a unique name; quota fields that are 0 mean unlimited."""
+        name = request.name.strip()
+        if not name or len(name) > 255 or not name.isprintable():
+            raise OrchError("INVALID_ARGUMENT", "a tenant needs a printable name of 1 to 255 "
+                            "characters", param="name")
+        q = request.quota
+        if q.submit_rate_per_second:
+            raise OrchError("UNSUPPORTED_PARAMETER", "submit rate limits are not supported yet",
+                            param="quota.submit_rate_per_second")
+        row = TenantRow(id=new_tenant_id(), name=name, created_at=time.time(),
+                        max_concurrent_jobs=q.max_concurrent_jobs or None,
+                        vram_ceiling_bytes=q.max_vram_bytes or None,
+                        token_budget=q.token_budget or None, auto_refill=q.auto_refill)
+        try:
+            await self._store.create_tenant(row)
+        except DuplicateKey:
+            raise OrchError("INVALID_ARGUMENT", f"a tenant named {name!r} exists",
+                            param="name") from None
+        except StoreError as exc:
+            raise _unavailable(exc) from None
+        self._changed(f"tenant {row.id} created", tenant_id=row.id)
+        return admin_pb2.CreateTenantResponse(tenant=tenant_proto(row))
+
+    @unary
+    async def ListTenants(self, request, context):
+        try:
+            rows = await self._store.list_tenants()
+        except StoreError as exc:
+            raise _unavailable(exc) from None
+        return admin_pb2.ListTenantsResponse(tenants=[tenant_proto(r) for r in rows])
+
+    @unary
+    async def CreateApiKey(self, request, context):
+        """A key for an existing tenant; its secret is in this response and nowhere else."""
+        scope = _SCOPE_OF.get(request.scope)
+        if scope is None:
+            raise OrchError("INVALID_ARGUMENT", "scope must be API_KEY_SCOPE_CLIENT or "
+                            "API_KEY_SCOPE_ADMIN", param="scope")
+        if len(request.name) > 255:
+            raise OrchError("INVALID_ARGUMENT", "key names are at most 255 characters",
+                            param="name")
+        store = self._store
+        try:
+            if await store.get_tenant(request.tenant_id) is None:
+                raise OrchError("NOT_FOUND", f"no tenant {request.tenant_id!r}",
+                                param="tenant_id")
+            row, secret = auth.new_key(request.tenant_id, scope, request.name)
+            await store.insert_api_key(row)
+        except StoreError as exc:
+            raise _unavailable(exc) from None
+        self._changed(f"{scope} key {row.id} created", tenant_id=row.tenant_id, key_id=row.id)
+        return admin_pb2.CreateApiKeyResponse(key=key_proto(row, secret))
+
+    @unary
+    async def ListApiKeys(self, request, context):
+        """Keys (revoked ones too), without secrets; one tenant's when it is named."""
+        try:
+            rows = await self._store.list_api_keys(request.tenant_id)
+        except StoreError as exc:
+            raise _unavailable(exc) from None
+        return admin_pb2.ListApiKeysResponse(keys=[key_proto(r) for r in rows])
+
+    @unary
+    async def RevokeApiKey(self, request, context):
+        """Revoke a key: refused from the next call on (idempotent)."""
+        try:
+            row = await self._store.revoke_api_key(request.key_id)
+        except StoreError as exc:
+            raise _unavailable(exc) from None
+        if row is None:
+            raise OrchError("NOT_FOUND", f"no API key {request.key_id!r}", param="key_id")
+        self.guard.keys.forget(row.id)
+        self._changed(f"key {row.id} revoked", tenant_id=row.tenant_id, key_id=row.id)
+        return admin_pb2.RevokeApiKeyResponse()
+
+    @unary
+    async def ListAuditEntries(self, request, context):
+        """Entries with id > after_id, oldest first (page_size: 100 by default, at most
+        1000). Entries of calls that ended before this one are included."""
+        store = self._store
+        try:
+            await store.settle()
+            rows = await store.audit_entries(request.after_id,
+                                             min(request.page_size or 100, MAX_AUDIT_PAGE))
+        except StoreError as exc:
+            raise _unavailable(exc) from None
+        return admin_pb2.ListAuditEntriesResponse(entries=[audit_proto(r) for r in rows])

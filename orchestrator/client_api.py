@@ -2,6 +2,11 @@
 
 Handlers are thin: they read metadata (x-correlation-id, idempotency-key), call the
 Orchestrator and map OrchError to gRPC status with google.rpc.ErrorInfo.
+
+Every method first passes the guard (orchestrator/auth.py: the API key in the
+`authorization` metadata, when auth is on) and then sees only its caller's tenant
+(orchestrator/tenancy.py): another tenant's job is NOT_FOUND, lists and the fact
+stream leave it out, and idempotency keys are per tenant.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ import grpc
 
 from common.errors import OrchError
 from llama_orch.v1 import client_pb2, client_pb2_grpc, common_pb2
+from orchestrator import auth, tenancy
 from orchestrator.core import Orchestrator
-from orchestrator.jobs import STATE_OF_STATUS
+from orchestrator.jobs import STATE_OF_STATUS, JobRecord
 from orchestrator.types import JobState
 
 _STATUS_OF = STATE_OF_STATUS
@@ -29,8 +35,18 @@ def metadata(context: grpc.aio.ServicerContext, key: str) -> str:
 
 
 def correlation_id(context: grpc.aio.ServicerContext) -> str:
+    """The call's correlation id: the one the guard took (or made) for this call."""
+    call = auth.current_call()
+    if call is not None:
+        return call.correlation_id
     cid = metadata(context, "x-correlation-id")[:128]
     return cid or uuid.uuid4().hex
+
+
+async def abort(err: OrchError, context: grpc.aio.ServicerContext) -> None:
+    """End the RPC with `err` (raises), telling the guard the outcome first."""
+    auth.note_outcome(err.code)
+    await err.abort(context)
 
 
 def unary(fn):
@@ -40,31 +56,40 @@ def unary(fn):
         try:
             return await fn(self, request, context)
         except OrchError as err:
-            await err.abort(context)
+            await abort(err, context)
     return wrapper
 
 
+@auth.guarded(client_pb2.DESCRIPTOR.services_by_name["ClientService"], admin=False)
 class ClientServicer(client_pb2_grpc.ClientServiceServicer):
-    def __init__(self, orch: Orchestrator):
+    def __init__(self, orch: Orchestrator, guard: auth.Guard | None = None):
         self.orch = orch
+        self.guard = guard or auth.guard_of(orch)
 
     async def _submit(self, spec, key, context):
         key = key or metadata(context, "idempotency-key")
         if len(key) > 256:
             raise OrchError("INVALID_ARGUMENT", "idempotency key longer than 256 characters",
                             param="idempotency_key")
-        return await self.orch.submit(spec, idempotency_key=key, correlation_id=correlation_id(context))
+        who = auth.principal()
+        return await self.orch.submit(spec, idempotency_key=tenancy.scoped_key(who, key),
+                                      correlation_id=correlation_id(context),
+                                      tenant_id=who.tenant_id)
+
+    async def _job(self, job_id: str) -> JobRecord:
+        """The job, if the caller may see it (NOT_FOUND otherwise, like a missing job)."""
+        return tenancy.check(auth.principal(), await self.orch.get(job_id))
 
     @unary
     async def Submit(self, request, context):
         job, existing = await self._submit(request.spec, request.idempotency_key, context)
-        return client_pb2.SubmitResponse(job=job.to_proto(), existing=existing)
+        return client_pb2.SubmitResponse(job=tenancy.job_proto(job), existing=existing)
 
     async def Generate(self, request, context):
         try:
             job, _ = await self._submit(request.spec, request.idempotency_key, context)
         except OrchError as err:
-            await err.abort(context)
+            await abort(err, context)
         finished = False
         try:
             async for event in job.follow(0):
@@ -77,11 +102,11 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
 
     async def StreamJob(self, request, context):
         try:
-            job = await self.orch.get(request.job_id)
+            job = await self._job(request.job_id)
             stream = job.follow(request.after_seq)
             first = await anext(stream, None)
         except OrchError as err:
-            await err.abort(context)
+            await abort(err, context)
         if first is None:
             return
         yield client_pb2.StreamJobResponse(event=first)
@@ -90,23 +115,27 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
 
     @unary
     async def CancelJob(self, request, context):
+        await self._job(request.job_id)  # refused before anything changes
         job = await self.orch.cancel(request.job_id)
-        return client_pb2.CancelJobResponse(job=job.to_proto())
+        return client_pb2.CancelJobResponse(job=tenancy.job_proto(job))
 
     @unary
     async def GetJob(self, request, context):
-        job = await self.orch.get(request.job_id)
-        return client_pb2.GetJobResponse(job=job.to_proto())
+        job = await self._job(request.job_id)
+        return client_pb2.GetJobResponse(job=tenancy.job_proto(job))
 
     @unary
     async def ListJobs(self, request, context):
         wanted = {_STATUS_OF[s] for s in request.statuses if s in _STATUS_OF}
         size = min(request.page_size or 100, 1000)
         start = int(request.page_token) if request.page_token.isdigit() else 0
-        jobs = [j for j in self.orch.jobs.values() if not wanted or j.state in wanted]
+        who = auth.principal()
+        jobs = [j for j in self.orch.jobs.values()
+                if (not wanted or j.state in wanted) and tenancy.may_see(who, j)]
         page = jobs[start:start + size]
         token = str(start + size) if start + size < len(jobs) else ""
-        return client_pb2.ListJobsResponse(jobs=[j.to_proto() for j in page], next_page_token=token)
+        return client_pb2.ListJobsResponse(jobs=[tenancy.job_proto(j) for j in page],
+                                           next_page_token=token)
 
     def _model_info(self, m) -> common_pb2.ModelInfo:
         info = common_pb2.ModelInfo(id=m.name, ref=m.ref, context_length=m.context_length,
@@ -140,12 +169,21 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         depth = {common_pb2.PRIORITY_INTERACTIVE: 0, common_pb2.PRIORITY_BATCH: 0}
         for j in orch.queue.values():
             depth[common_pb2.PRIORITY_BATCH if j.priority else common_pb2.PRIORITY_INTERACTIVE] += 1
-        active = [j for j in orch.jobs.values() if not j.done][:200]
+        who = auth.principal()
+        active = [j for j in orch.jobs.values() if not j.done and tenancy.may_see(who, j)][:200]
         return client_pb2.GetClusterSnapshotResponse(
             pools=pools, queue=[client_pb2.QueueDepth(priority=k, depth=v) for k, v in depth.items()],
             models=[self._model_info(m) for m in orch.catalog.models.values()],
-            active_jobs=[j.to_proto() for j in active], mode=orch.cfg.mode)
+            active_jobs=[tenancy.job_proto(j) for j in active], mode=orch.cfg.mode)
 
     async def WatchFacts(self, request, context):
+        who = auth.principal()
+        if request.job_id and not who.sees_all:
+            try:  # a job the caller may not see (or that does not exist): NOT_FOUND
+                await self._job(request.job_id)
+            except OrchError as err:
+                await abort(err, context)
+        visible = tenancy.fact_filter(who, self.orch.jobs)
         async for fact in self.orch.facts.watch(request.kinds, request.job_id, request.after_id):
-            yield client_pb2.WatchFactsResponse(fact=fact)
+            if visible is None or visible(fact):
+                yield client_pb2.WatchFactsResponse(fact=fact)

@@ -97,7 +97,7 @@ class Orchestrator:
     # ---- jobs --------------------------------------------------------------------------
 
     async def submit(self, spec: common_pb2.JobSpec, *, idempotency_key: str = "",
-                     correlation_id: str = "") -> tuple[JobRecord, bool]:
+                     correlation_id: str = "", tenant_id: str = "") -> tuple[JobRecord, bool]:
         """Admit and persist a job; it is durable when this returns. A repeated
         Idempotency-Key returns the earlier job (or IDEMPOTENCY_CONFLICT if the request
         differs).
@@ -117,7 +117,8 @@ class Orchestrator:
             raise
         self._order += 1
         job = JobRecord(new_job_id(), spec, admitted, correlation_id=correlation_id,
-                        idempotency_key=idempotency_key, order=self._order)
+                        idempotency_key=idempotency_key, order=self._order,
+                        tenant_id=tenant_id)  # the submitter's tenant (tenancy.py)
         if not idempotency_key:
             try:
                 self._track(job)

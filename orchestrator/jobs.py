@@ -69,6 +69,8 @@ class JobRecord:
     admitted: Admitted
     correlation_id: str = ""
     idempotency_key: str = ""
+    # The submitter's tenant ("" with auth off); see orchestrator/tenancy.py.
+    tenant_id: str = ""
     order: int = 0  # FIFO position within a priority class
     state: JobState = JobState.QUEUED
     attempts: int = 0
@@ -183,7 +185,8 @@ class JobRecord:
     def to_proto(self) -> common_pb2.Job:
         job = common_pb2.Job(
             job_id=self.job_id, spec=self.spec, status=_STATUS[self.state],
-            model_ref=self.model_ref, attempts=self.attempts, worker_id=self.worker_id,
+            model_ref=self.model_ref, tenant_id=self.tenant_id, attempts=self.attempts,
+            worker_id=self.worker_id,
             pool_id=self.pool_id, created_at=_ts(self.created_at),
             updated_at=_ts(self.updated_at or self.created_at), started_at=_ts(self.started_at),
             finished_at=_ts(self.finished_at), usage=self.usage, finish_reason=self.finish_reason,

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from common import config as config_mod, log
+from common import config as config_mod, log, pki, tls
 from common.errors import ConfigError, OrchError
 from common.grpc_server import Server
 from llama_orch.v1 import admin_pb2, client_pb2, events_pb2, pool_link_pb2
@@ -18,7 +18,9 @@ from orchestrator import metrics
 from orchestrator.admin_api import AdminServicer
 from orchestrator.client_api import ClientServicer
 from orchestrator.core import Orchestrator
-from orchestrator.pool_link import PoolLinkServicer
+from orchestrator.audit import audit
+from orchestrator.join import Enrolment
+from orchestrator.pool_link import LinkSecurity, PoolLinkServicer
 from orchestrator.store import Store, url_for_data_dir
 
 SERVICES = [client_pb2.DESCRIPTOR.services_by_name["ClientService"].full_name,
@@ -26,12 +28,55 @@ SERVICES = [client_pb2.DESCRIPTOR.services_by_name["ClientService"].full_name,
             pool_link_pb2.DESCRIPTOR.services_by_name["PoolLinkService"].full_name]
 
 
-def build_server(orch: Orchestrator) -> Server:
+def build_server(orch: Orchestrator, security: LinkSecurity | None = None) -> Server:
+    """With `security` (TLS on), ClientService and AdminService take only client
+    certificates of this CA that are not revoked; the pool link checks its own."""
     server = Server(SERVICES)
-    client_pb2_grpc.add_ClientServiceServicer_to_server(ClientServicer(orch), server.grpc)
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(orch), server.grpc)
-    pool_link_pb2_grpc.add_PoolLinkServiceServicer_to_server(PoolLinkServicer(orch), server.grpc)
+    client, admin = ClientServicer(orch), AdminServicer(orch)
+    if security is not None:
+        client = tls.guard(client, security.peers, {"client"}, "ClientService")
+        admin = tls.guard(admin, security.peers, {"client"}, "AdminService")
+    client_pb2_grpc.add_ClientServiceServicer_to_server(client, server.grpc)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server.grpc)
+    pool_link_pb2_grpc.add_PoolLinkServiceServicer_to_server(PoolLinkServicer(orch, security),
+                                                             server.grpc)
     return server
+
+
+def setup_tls(cfg: config_mod.Config) -> tuple[LinkSecurity, tls.Material] | None:
+    """TLS on: the CA (created on first start), the orchestrator's certificate (issued
+    or renewed now), peer checks, enrolment. Workers are dialled with this identity."""
+    if not cfg.security.tls:
+        return None
+    dir = config_mod.pki_dir(cfg)
+    ca, created = pki.CA.init(dir)
+    if created:
+        log.emit("orchestrator", "pki.ca_created", f"created a CA in {dir}")
+    material = tls.Material(dir / "orchestrator.key", dir / "orchestrator.crt", dir / "ca.crt")
+    renew_orchestrator_cert(cfg, ca, material)
+    peers = tls.PeerCheck(ca.cert, pki.Revocations(dir / "ca.crl", ca.cert),
+                          on_refused=lambda who, what, err: audit(who, what, "", err.code,
+                                                                  detail=err.message))
+    # The orchestrator dials only workers: each must show its announcing pool's name.
+    tls.install(material, tls.worker_pool_name)
+    return LinkSecurity(peers, Enrolment(cfg, ca)), material
+
+
+def renew_orchestrator_cert(cfg: config_mod.Config, ca: pki.CA, m: tls.Material) -> None:
+    dns, ips = pki.host_sans(cfg.orchestrator.listen)
+    if ca.ensure(m.key, m.cert, "orchestrator", ttl_s=cfg.security.cert_ttl_s, dns=dns, ips=ips):
+        log.emit("orchestrator", "pki.certificate_issued", f"orchestrator certificate {m.cert}")
+
+
+async def _renew_forever(cfg: config_mod.Config, security: LinkSecurity, m: tls.Material) -> None:
+    # Renewal at two thirds of the lifetime; the server re-reads the files on the next
+    # handshake, open connections keep their session.
+    while True:
+        await asyncio.sleep(min(3600, cfg.security.cert_ttl_s / 10))
+        try:
+            renew_orchestrator_cert(cfg, security.enrolment.ca, m)
+        except (OSError, OrchError) as exc:
+            log.emit("orchestrator", "pki.renew_failed", str(exc), level="error")
 
 
 async def fetch_catalog(orch: Orchestrator, cfg: config_mod.Config) -> None:
@@ -53,8 +98,12 @@ async def serve(cfg: config_mod.Config) -> None:
     except Exception as exc:  # a bad URL, an unreachable database, a failed migration
         raise ConfigError(f"cannot open the state store {url}: {exc}", param="orchestrator.database") from None
     orch = Orchestrator(cfg, store=store)
-    server = build_server(orch)
-    server.bind(cfg.orchestrator.listen)
+    secured = setup_tls(cfg)
+    server = build_server(orch, secured[0] if secured else None)
+    # Trusting the public enrolment CA too lets a pool without a certificate reach
+    # Join; every other RPC refuses such a peer (common/tls.py).
+    server.bind(cfg.orchestrator.listen,
+                tls.server_credentials(secured[1], pki.enrolment_ca_pem()) if secured else None)
     try:
         metrics.serve(cfg.orchestrator.metrics_listen)
     except OSError as exc:
@@ -63,8 +112,9 @@ async def serve(cfg: config_mod.Config) -> None:
     await orch.start()
     await server.start()
     catalog_fetch = asyncio.create_task(fetch_catalog(orch, cfg))
+    renewal = asyncio.create_task(_renew_forever(cfg, *secured)) if secured else None
     orch.facts.publish(events_pb2.FACT_KIND_COMPONENT_STARTED, f"listening on {cfg.orchestrator.listen}",
-                       mode=cfg.mode, models=sorted(orch.catalog.models))
+                       mode=cfg.mode, models=sorted(orch.catalog.models), tls=bool(secured))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -72,6 +122,8 @@ async def serve(cfg: config_mod.Config) -> None:
     await stop.wait()
     orch.facts.publish(events_pb2.FACT_KIND_COMPONENT_STOPPED, "shutting down")
     catalog_fetch.cancel()
+    if renewal is not None:
+        renewal.cancel()
     # A stop must end the process: if some part of the shutdown hangs, exit anyway after
     # SHUTDOWN_LIMIT_S (everything admitted is already in the store; restart recovers it).
     guard = threading.Timer(SHUTDOWN_LIMIT_S, _force_exit)

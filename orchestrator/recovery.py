@@ -52,7 +52,8 @@ async def _record(orch: "Orchestrator", row: JobRow) -> tuple[JobRecord, OrchErr
                                       deadline_ms=orch.cfg.orchestrator.default_deadline_ms,
                                       seed=pb.seed)
     job = JobRecord(pb.job_id, spec, admitted, correlation_id=pb.correlation_id,
-                    idempotency_key=pb.idempotency_key, order=row.queue_order,
+                    idempotency_key=pb.idempotency_key, tenant_id=pb.tenant_id or row.tenant_id,
+                    order=row.queue_order,
                     state=_STATE.get(pb.status, JobState.QUEUED), attempts=pb.attempts,
                     worker_id=pb.worker_id, pool_id=pb.pool_id, created_at=_seconds(pb.created_at),
                     started_at=_seconds(pb.started_at), finished_at=_seconds(pb.finished_at),

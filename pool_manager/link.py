@@ -4,6 +4,11 @@ One bidirectional stream. Upward messages go through an outbox queue so every pa
 the pool manager can report without touching the stream. On a broken link it
 reconnects with exponential backoff and registers again. It never decides anything:
 commands come down, facts and results go up.
+
+With TLS on (an `identity`), the pool joins first when it has no certificate, dials
+with its certificate, and renews it in the background: the open stream stays up, the
+next connection uses the new certificate. A refusal no retry can fix (a revoked
+certificate, a bad token or signature) ends `run` with that error.
 """
 
 from __future__ import annotations
@@ -13,21 +18,28 @@ import random
 
 import grpc
 
-from common import grpc_server, log
+from common import grpc_server, log, pki, tls
 from common.config import PoolConfig
 from common.errors import OrchError
 from llama_orch.v1 import common_pb2, pool_link_pb2, pool_link_pb2_grpc
 from pool_manager import inventory
+from pool_manager.enroll import PoolIdentity
 from pool_manager.models import Models
 from pool_manager.supervisor import Supervisor
 
 VERSION = "0.1.0"
+# Refusals that retrying cannot fix: the pool manager stops and says why.
+FATAL = frozenset({"JOIN_TOKEN_INVALID", "REGISTRATION_REJECTED", "CERTIFICATE_REJECTED",
+                   "PERMISSION_DENIED", "UNAUTHENTICATED", "CONFIG_INVALID"})
 
 
 class PoolLink:
     def __init__(self, cfg: PoolConfig, supervisor: Supervisor, nvml: inventory.Nvml,
-                 engines: list[str], callback_address: str, models: Models | None = None):
+                 engines: list[str], callback_address: str, models: Models | None = None,
+                 identity: PoolIdentity | None = None):
         self.cfg = cfg
+        self.identity = identity
+        self._session_serial: int | None = None  # the certificate the current session uses
         self.models = models
         self.supervisor = supervisor
         self.nvml = nvml
@@ -56,20 +68,53 @@ class PoolLink:
         holdings = inventory.held(list(self.supervisor.workers.values()), dict(self._claims))
         return inventory.take(self.nvml, self.cfg.devices, self.engines, holdings)
 
+    def describe(self) -> tuple[str, common_pb2.Inventory]:
+        """What a signed registration vouches for: where this pool serves, and what it has."""
+        return self.callback_address, self.inventory()
+
     async def run(self) -> None:
         backoff = 0.2
-        while True:
-            try:
-                await self._session()
-                backoff = 0.2
-            except grpc.aio.AioRpcError as exc:
-                log.emit("pool_manager", "pool.link_lost", exc.details() or str(exc.code()),
-                         level="warning", orchestrator=self.cfg.orchestrator)
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, 10.0)
+        renewal = None
+        try:
+            while True:
+                try:
+                    if self.identity is not None:
+                        await self.identity.ensure(self.describe)
+                        renewal = renewal or asyncio.create_task(
+                            self.identity.renew_forever(self.describe))
+                    await self._session()
+                    backoff = 0.2
+                except (grpc.aio.AioRpcError, OrchError) as exc:
+                    err = exc if isinstance(exc, OrchError) else OrchError.from_rpc_error(exc)
+                    if err.code in FATAL and not self._renewed_since_session():
+                        raise err from None
+                    log.emit("pool_manager", "pool.link_lost", f"{err.code}: {err.message}",
+                             level="warning", orchestrator=self.cfg.orchestrator)
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 10.0)
+        finally:
+            if renewal is not None:
+                renewal.cancel()
+
+    def _serial(self) -> int | None:
+        cert = self.identity.certificate() if self.identity is not None else None
+        return cert.serial_number if cert is not None else None
+
+    def _renewed_since_session(self) -> bool:
+        # The stream's certificate was revoked, but a renewal has replaced it since:
+        # reconnect with the new one rather than give up.
+        return self._session_serial is not None and self._serial() != self._session_serial
+
+    def _channel(self) -> grpc.aio.Channel:
+        self._session_serial = self._serial()
+        if self.identity is None:
+            return grpc_server.channel(self.cfg.orchestrator)
+        # The certificate files are read now: after a renewal, the next session uses
+        # the new one while the current stream keeps its connection.
+        return tls.channel(self.cfg.orchestrator, self.identity.material, pki.ORCHESTRATOR_NAME)
 
     async def _session(self) -> None:
-        async with grpc_server.channel(self.cfg.orchestrator) as ch:
+        async with self._channel() as ch:
             stub = pool_link_pb2_grpc.PoolLinkServiceStub(ch)
             # Anything queued for a dead link is stale (the orchestrator re-learns state
             # from the registration), except worker exits, which must not be lost.
@@ -78,6 +123,8 @@ class PoolLink:
                 pool_id=self.cfg.id, version=VERSION, inventory=self.inventory(),
                 address=self.callback_address, workers=self.worker_infos(),
                 models=self.residency()))
+            if self.identity is not None and (signed := self.identity.sign(*self.describe())):
+                registration.registration.signed.CopyFrom(signed)
             call = stub.Connect(self._upward(registration, pending))
             heartbeat = None
             try:

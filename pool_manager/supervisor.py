@@ -71,8 +71,11 @@ class Supervisor:
 
     def __init__(self, callback_address: str, on_exit: Callable[[pool_link_pb2.WorkerExited], None],
                  cpu_threads: int = 1, grace_s: float = 5.0, sim_in_process: bool = False,
-                 ledger: Ledger | None = None):
+                 ledger: Ledger | None = None, worker_tls: list[str] | None = None):
         self.callback_address = callback_address
+        # TLS on: the flags that make a worker serve (and call back) with this pool's
+        # certificate (worker/main.py --tls-*).
+        self.worker_tls = worker_tls or []
         # Worker processes are written down, so a restarted pool manager can stop the
         # ones this one leaves behind if it dies (pool_manager/leftovers.py).
         self.ledger = ledger
@@ -93,6 +96,7 @@ class Supervisor:
                 "--listen", "127.0.0.1:0", "--threads", str(self.cpu_threads)]
         if model_dir:
             args += ["--model-dir", model_dir]
+        args += self.worker_tls
         for key, value in sorted(cmd.engine_options.items()):
             args += ["--option", f"{key}={value}"]
         in_process = self.sim_in_process and cmd.engine == "sim"

@@ -3,6 +3,10 @@
     python -m worker --worker-id ID --model-ref file:/abs/path [--engine hf]
                      [--devices cpu|GPU-UUID[,...]] [--callback 127.0.0.1:9200]
                      [--listen 127.0.0.1:0] [--threads 1] [--option key=value ...]
+                     [--tls-key K --tls-cert C --tls-ca CA --pool-id P]
+
+With --tls-*, the worker serves with its pool's certificate (mTLS: only the
+orchestrator's certificate may call it) and calls back to the pool manager with it.
 
 Startup order is a contract with the pool manager: load the model, start the gRPC
 server (WorkerService + health + reflection), and only then ReportReady, so whatever
@@ -31,6 +35,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from common import pki, tls
 from common.errors import OrchError
 from common.grpc_server import Server, channel
 from common.log import emit
@@ -66,9 +71,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--listen", default="127.0.0.1:0", help="host:port (0 = ephemeral) or unix:")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--tls-key", default="", help="the pool's key (PEM); with --tls-cert/--tls-ca")
+    ap.add_argument("--tls-cert", default="")
+    ap.add_argument("--tls-ca", default="")
+    ap.add_argument("--pool-id", default="", help="the pool whose certificate the callback shows")
     args = ap.parse_args(argv)
     if args.threads < 1:
         ap.error("--threads must be at least 1")
+    tls_flags = (args.tls_key, args.tls_cert, args.tls_ca)
+    if any(tls_flags) and not (all(tls_flags) and args.pool_id):
+        ap.error("--tls-key, --tls-cert, --tls-ca and --pool-id go together")
     args.devices = [d.strip() for d in args.devices.split(",") if d.strip()]
     if not args.devices:
         ap.error("--devices is empty")
@@ -106,6 +118,17 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
     return options
 
 
+def _tls(args: argparse.Namespace) -> tls.Material | None:
+    return tls.Material(Path(args.tls_key), Path(args.tls_cert), Path(args.tls_ca)) \
+        if getattr(args, "tls_key", "") else None
+
+
+def _callback_channel(args: argparse.Namespace) -> grpc.aio.Channel:
+    """To the pool manager: with the pool's certificate, pinning the pool's name."""
+    m = _tls(args)
+    return tls.channel(args.callback, m, pki.pool_dns(args.pool_id)) if m else channel(args.callback)
+
+
 def _die(err: OrchError) -> None:
     reason = " ".join(err.message.split())
     sys.stderr.write(f"worker: {err.code}: {reason}\n")
@@ -115,7 +138,7 @@ def _die(err: OrchError) -> None:
 
 async def _report_failure(args: argparse.Namespace, err: OrchError) -> None:
     try:
-        async with channel(args.callback) as ch:
+        async with _callback_channel(args) as ch:
             await worker_callback_pb2_grpc.WorkerCallbackServiceStub(ch).ReportFailure(
                 worker_callback_pb2.ReportFailureRequest(worker_id=args.worker_id,
                                                          error=err.to_detail()),
@@ -184,7 +207,7 @@ async def _load_engine(args: argparse.Namespace, stop: asyncio.Event,
 async def _report_ready(args: argparse.Namespace, service, load_ms: int) -> None:
     engine = service.engine
     try:
-        async with channel(args.callback) as ch:
+        async with _callback_channel(args) as ch:
             await worker_callback_pb2_grpc.WorkerCallbackServiceStub(ch).ReportReady(
                 worker_callback_pb2.ReportReadyRequest(
                     worker_id=args.worker_id, model_ref=args.model_ref,
@@ -229,9 +252,18 @@ async def run(args: argparse.Namespace, stop: asyncio.Event, *, started: float =
 
     service = WorkerService(engine, Identity(args.worker_id, args.model_ref, args.devices))
     server = Server([SERVICE_NAME])
-    worker_pb2_grpc.add_WorkerServiceServicer_to_server(service, server.grpc)
+    material, credentials, servicer = _tls(args), None, service
     try:
-        service.identity.endpoint = _endpoint(args.listen, server.bind(args.listen))
+        if material is not None:  # the pool's identity; only the orchestrator may call
+            try:
+                credentials = tls.server_credentials(material)
+                ca = pki.load_cert(material.ca.read_bytes())
+            except (OSError, ValueError) as exc:
+                raise OrchError("CONFIG_INVALID", f"cannot read the pool's TLS files: {exc}",
+                                param="tls") from None
+            servicer = tls.guard(service, tls.PeerCheck(ca), {"orchestrator"}, "WorkerService")
+        worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server.grpc)
+        service.identity.endpoint = _endpoint(args.listen, server.bind(args.listen, credentials))
     except OrchError as err:
         await _report_failure(args, err)
         raise

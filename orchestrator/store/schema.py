@@ -16,13 +16,27 @@ client can resume after a restart. There is deliberately no foreign key to jobs:
 events are written behind, batched with other callers' writes, and an ordering slip
 must never fail someone else's commit. Retention deletes both tables explicitly.
 
-Later migrations add tenants, API keys, usage ledger, audit log, ...: not here yet.
+tenants — who a job, an API key and (later) a quota or bill belongs to. The quota
+columns (NULL = no limit) are read by the scheduler's quota engineer; 0002 only adds
+them. credit_tokens and auto_refill back token budgets.
+
+api_keys — `lo_<id>_<secret>` keys. Only a keyed hash of the secret is stored:
+hash = HMAC-SHA256(key=salt, msg=secret), hex, with a random per-key salt; the
+plaintext is shown once at creation. `prefix` ("lo_<id>") is what lists display.
+revoked_at/last_used_at: 0 = never. Keys are never deleted, only revoked.
+
+audit_log — append-only: the store offers insert and read, nothing else, and a trigger
+on each backend refuses UPDATE and DELETE (and TRUNCATE on PostgreSQL), so even a
+hand-written statement cannot rewrite history. Retention, when it comes, must drop
+and re-create that trigger in its own migration-like, audited step.
+
+Later migrations add usage ledger, join tokens, ...: not here yet.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import (BigInteger, Column, Double, Index, Integer, LargeBinary, MetaData,
-                        String, Table, Text)
+from sqlalchemy import (BigInteger, Boolean, CheckConstraint, Column, Double, ForeignKey,
+                        Index, Integer, LargeBinary, MetaData, String, Table, Text, false)
 
 # Deterministic constraint names, identical on every backend (migrations use them too).
 NAMING = {
@@ -71,3 +85,50 @@ job_events = Table(
 # Columns update_job rewrites; the rest are fixed at admission.
 JOB_MUTABLE = ("model_ref", "priority", "status", "queue_order", "attempts", "not_before",
                "updated_at", "finished_at", "job")
+
+tenants = Table(
+    "tenants", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(255), nullable=False, unique=True),
+    Column("created_at", Double, nullable=False),
+    # Quotas (NULL = unlimited), enforced at scheduling time in platform mode.
+    Column("max_concurrent_jobs", Integer, nullable=True),
+    Column("vram_ceiling_bytes", BigInteger, nullable=True),
+    Column("token_budget", BigInteger, nullable=True),
+    Column("credit_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("auto_refill", Boolean, nullable=False, server_default=false()),
+)
+
+api_keys = Table(
+    "api_keys", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant_id", String(64), ForeignKey("tenants.id"), nullable=False),
+    Column("scope", String(16), nullable=False),
+    Column("name", String(255), nullable=False, server_default=""),
+    Column("prefix", String(64), nullable=False),
+    Column("salt", String(64), nullable=False),
+    Column("hash", String(128), nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("revoked_at", Double, nullable=False, server_default="0"),
+    Column("last_used_at", Double, nullable=False, server_default="0"),
+    CheckConstraint("scope IN ('client', 'admin')", name="scope"),
+    Index("ix_api_keys_tenant_id", "tenant_id"),
+)
+
+# Integer on SQLite: only an INTEGER PRIMARY KEY autoincrements there.
+AUDIT_ID = BigInteger().with_variant(Integer, "sqlite")
+
+audit_log = Table(
+    "audit_log", metadata,
+    Column("id", AUDIT_ID, primary_key=True, autoincrement=True),
+    Column("time", Double, nullable=False),
+    # An API key id, "anonymous", "local" (no auth), or a pool's identity.
+    Column("principal", String(128), nullable=False),
+    # "<Service>/<Method>", e.g. "AdminService/RevokeApiKey".
+    Column("action", String(128), nullable=False),
+    Column("target", String(255), nullable=False, server_default=""),
+    # "OK" or the stable error code the caller got.
+    Column("outcome", String(64), nullable=False),
+    Column("correlation_id", String(128), nullable=False, server_default=""),
+    Column("detail", Text, nullable=False, server_default=""),
+)

@@ -13,23 +13,31 @@ for everything queued so far. Reads run on the connection pool and see what has 
 committed, so call flush() before reading events you just appended.
 
 Every failure is a StoreError (errors.py); nothing waits forever.
+
+Tenants and API keys (rare, operator-paced writes) commit in their own transaction and
+return once durable. The audit log is append-only: append_audit is write-behind through
+the same group-commit writer (an audited call never waits for a commit), and nothing
+here updates or deletes an entry (the database refuses that too; see schema.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from llama_orch.v1 import events_pb2
 from orchestrator.store.engine import make_engine, migrate
-from orchestrator.store.errors import StoreClosed, StoreError
+from orchestrator.store.errors import DuplicateKey, StoreClosed, StoreError
 from orchestrator.store.rows import UNFINISHED, JobRow
-from orchestrator.store.schema import job_events, jobs
+from orchestrator.store.schema import api_keys, audit_log, job_events, jobs, tenants
 from orchestrator.store.writer import Kind, Writer
 
 DEFAULT_BATCH_SIZE = 512
@@ -172,3 +180,196 @@ class Store:
             rows = (await conn.execute(
                 select(jobs.c.status, func.count()).group_by(jobs.c.status))).all()
         return {int(status): int(n) for status, n in rows}
+
+    # ---- tenants and API keys (revision 0002) ------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        self._check_open()
+        try:
+            async with self._engine.execution_options(sqlite_begin="IMMEDIATE").begin() as conn:
+                yield conn
+        except IntegrityError:
+            raise
+        except SQLAlchemyError as e:
+            raise StoreError(f"database write failed: {type(e).__name__}: {e}") from e
+
+    async def create_tenant(self, row: TenantRow) -> None:
+        """Insert a tenant; durable when it returns. DuplicateKey("name") if the name
+        (or "id" if the id) is taken."""
+        try:
+            async with self._transaction() as conn:
+                if (await conn.execute(select(tenants.c.id).where(
+                        tenants.c.name == row.name))).first() is not None:
+                    raise DuplicateKey("name", row.name)
+                await conn.execute(insert(tenants), row.to_values())
+        except IntegrityError as e:
+            raise DuplicateKey("id", row.id) from e
+
+    async def get_tenant(self, tenant_id: str) -> TenantRow | None:
+        async with self._read() as conn:
+            r = (await conn.execute(select(tenants).where(tenants.c.id == tenant_id))).first()
+        return TenantRow.from_db(r) if r is not None else None
+
+    async def find_tenant(self, name: str) -> TenantRow | None:
+        async with self._read() as conn:
+            r = (await conn.execute(select(tenants).where(tenants.c.name == name))).first()
+        return TenantRow.from_db(r) if r is not None else None
+
+    async def list_tenants(self) -> list[TenantRow]:
+        """Every tenant, oldest first."""
+        async with self._read() as conn:
+            rows = (await conn.execute(
+                select(tenants).order_by(tenants.c.created_at, tenants.c.id))).all()
+        return [TenantRow.from_db(r) for r in rows]
+
+    async def insert_api_key(self, row: ApiKeyRow) -> None:
+        """Insert a key (its hash, never the secret); durable when it returns.
+        DuplicateKey("id") on an id collision; StoreError if the tenant does not exist."""
+        try:
+            async with self._transaction() as conn:
+                await conn.execute(insert(api_keys), row.to_values())
+        except IntegrityError as e:
+            async with self._read() as conn:
+                taken = (await conn.execute(select(api_keys.c.id).where(
+                    api_keys.c.id == row.id))).first() is not None
+            if taken:
+                raise DuplicateKey("id", row.id) from e
+            raise StoreError(f"api key {row.id} not written: {e.orig}") from e
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRow | None:
+        async with self._read() as conn:
+            r = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
+        return ApiKeyRow.from_db(r) if r is not None else None
+
+    async def list_api_keys(self, tenant_id: str = "") -> list[ApiKeyRow]:
+        """Keys (revoked ones too), oldest first; only `tenant_id`'s when given."""
+        q = select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
+        if tenant_id:
+            q = q.where(api_keys.c.tenant_id == tenant_id)
+        async with self._read() as conn:
+            rows = (await conn.execute(q)).all()
+        return [ApiKeyRow.from_db(r) for r in rows]
+
+    async def revoke_api_key(self, key_id: str, at: float | None = None) -> ApiKeyRow | None:
+        """Mark the key revoked (idempotent: the first revocation time stays); the row
+        as it is now, or None when there is no such key."""
+        async with self._transaction() as conn:
+            await conn.execute(update(api_keys)
+                               .where(api_keys.c.id == key_id, api_keys.c.revoked_at == 0)
+                               .values(revoked_at=at or time.time()))
+            r = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
+        return ApiKeyRow.from_db(r) if r is not None else None
+
+    def touch_api_key(self, key_id: str, at: float) -> None:
+        """Record a key's last use, write-behind (callers throttle this)."""
+        self._check_open()
+        self._writer.submit(Kind.ROWS, (_TOUCH_KEY, [{"key": key_id, "at": at}]), wait=False)
+
+    # ---- the audit log (append-only) ---------------------------------------------------
+
+    def append_audit(self, entries: Iterable[AuditRow]) -> None:
+        """Queue audit entries and return at once (write-behind, like events); ids are
+        assigned by the database in commit order."""
+        values = [e.to_values() for e in entries]
+        if not values:
+            return
+        self._check_open()
+        self._writer.submit(Kind.ROWS, (_INSERT_AUDIT, values), units=len(values), wait=False)
+
+    async def audit_entries(self, after_id: int = 0, limit: int = 100) -> list[AuditRow]:
+        """Committed entries with id > after_id, oldest first, at most `limit`."""
+        q = (select(audit_log).where(audit_log.c.id > after_id)
+             .order_by(audit_log.c.id).limit(max(1, limit)))
+        async with self._read() as conn:
+            rows = (await conn.execute(q)).all()
+        return [AuditRow.from_db(r) for r in rows]
+
+    async def settle(self) -> None:
+        """Wait until everything queued before the call is committed, like flush(), but
+        leave write-behind failures to whoever flushes (they are logged either way)."""
+        self._check_open()
+        await self._writer.submit(Kind.FLUSH, None, units=0)
+
+
+_TOUCH_KEY = (update(api_keys).where(api_keys.c.id == bindparam("key"))
+              .values(last_used_at=bindparam("at")))
+_INSERT_AUDIT = insert(audit_log)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRow:
+    """A tenant as stored. Quotas: None = unlimited."""
+
+    id: str
+    name: str
+    created_at: float
+    max_concurrent_jobs: int | None = None
+    vram_ceiling_bytes: int | None = None
+    token_budget: int | None = None
+    credit_tokens: int = 0
+    auto_refill: bool = False
+
+    def to_values(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__slots__}
+
+    @classmethod
+    def from_db(cls, r: Any) -> TenantRow:
+        return cls(**{f: getattr(r, f) for f in cls.__slots__})
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRow:
+    """An API key as stored: HMAC-SHA256(salt, secret) in `hash`, never the secret.
+    scope is "client" or "admin"; revoked_at/last_used_at 0 = never."""
+
+    id: str
+    tenant_id: str
+    scope: str
+    prefix: str
+    salt: str
+    hash: str
+    created_at: float
+    name: str = ""
+    revoked_at: float = 0.0
+    last_used_at: float = 0.0
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at > 0
+
+    def to_values(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__slots__}
+
+    @classmethod
+    def from_db(cls, r: Any) -> ApiKeyRow:
+        return cls(**{f: getattr(r, f) for f in cls.__slots__})
+
+
+# Column widths, so an oversized value is cut rather than failing its whole batch.
+_AUDIT_WIDTHS = {"principal": 128, "action": 128, "target": 255, "outcome": 64,
+                 "correlation_id": 128}
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One audit entry. `id` is 0 until the database assigns it."""
+
+    time: float
+    principal: str
+    action: str
+    outcome: str
+    target: str = ""
+    correlation_id: str = ""
+    detail: str = ""
+    id: int = 0
+
+    def to_values(self) -> dict[str, Any]:
+        values = {f: getattr(self, f) for f in self.__slots__ if f != "id"}
+        for column, width in _AUDIT_WIDTHS.items():
+            values[column] = values[column][:width]
+        return values
+
+    @classmethod
+    def from_db(cls, r: Any) -> AuditRow:
+        return cls(**{f: getattr(r, f) for f in cls.__slots__})

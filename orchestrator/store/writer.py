@@ -20,6 +20,8 @@ Contracts
 - A unique-key collision fails only its own caller: the batch is retried once, one
   operation per savepoint, so the others still commit.
 - Cancelling a waiting caller does not withdraw its write.
+- ROWS operations carry their own statement and parameters (the audit log's inserts,
+  API keys' last-use times): same batching, same error handling, no special columns.
 """
 
 from __future__ import annotations
@@ -44,12 +46,14 @@ class Kind(enum.Enum):
     UPSERT = "upsert"
     EVENTS = "events"
     FLUSH = "flush"
+    ROWS = "rows"  # values: (statement, [parameters]) — any other table's writes
 
 
 @dataclass(slots=True)
 class _Op:
     kind: Kind
-    values: Any  # dict for INSERT/UPSERT, list[dict] for EVENTS, None for FLUSH
+    values: Any  # dict for INSERT/UPSERT, list[dict] for EVENTS, None for FLUSH,
+    # (statement, list[dict]) for ROWS
     future: asyncio.Future | None  # None: write-behind
     units: int
 
@@ -171,6 +175,7 @@ class Writer:
 
     async def _commit_batch(self, batch: list[_Op]) -> None:
         inserts, upserts, events = [], {}, []
+        rows: dict[int, tuple[Any, list]] = {}  # by statement, in first-seen order
         for op in batch:
             if op.kind is Kind.INSERT:
                 inserts.append(op.values)
@@ -178,6 +183,9 @@ class Writer:
                 upserts[op.values["job_id"]] = op.values  # full rows: the last one wins
             elif op.kind is Kind.EVENTS:
                 events.extend(op.values)
+            elif op.kind is Kind.ROWS:
+                stmt, params = op.values
+                rows.setdefault(id(stmt), (stmt, []))[1].extend(params)
         async with self._engine.begin() as conn:
             if inserts:
                 await conn.execute(self._insert_jobs, inserts)
@@ -185,8 +193,11 @@ class Writer:
                 await conn.execute(self._upsert_jobs, list(upserts.values()))
             if events:
                 await conn.execute(self._insert_events, events)
+            for stmt, params in rows.values():
+                await conn.execute(stmt, params)
         self.commits += 1
-        self.written += len(inserts) + len(upserts) + len(events)
+        self.written += (len(inserts) + len(upserts) + len(events)
+                         + sum(len(p) for _, p in rows.values()))
 
     async def _commit_one_by_one(self, batch: list[_Op]) -> list[BaseException | None]:
         """The batch again, each operation in its own savepoint, to find who collided."""
@@ -196,8 +207,10 @@ class Writer:
                 outcome = None
                 if op.kind is not Kind.FLUSH:
                     try:
+                        stmt, params = (op.values if op.kind is Kind.ROWS
+                                        else (self._statement(op.kind), op.values))
                         async with conn.begin_nested():
-                            await conn.execute(self._statement(op.kind), op.values)
+                            await conn.execute(stmt, params)
                     except IntegrityError as e:
                         outcome = await self._explain(conn, op, e)
                 outcomes.append(outcome)
