@@ -15,8 +15,10 @@ jobs/s (first admission to last finish), the orchestrator's decide-cycle histogr
 (`orchd_scheduling_latency_ms`), and per job, from the state store's job events once the
 orchestrator has stopped: queued -> dispatched (backlog included) and dispatched ->
 started (the dispatch path: orchestrator -> worker Execute -> `started` back).
-`--profile` runs the orchestrator under cProfile and prints where its time went. Prints
-JSON and, with --write, updates its section of docs/BENCHMARKS.md. Not a test.
+`--profile` runs the orchestrator under cProfile and prints where its time went.
+`--before RESULT.json` (an earlier run's printed JSON) adds a before/after table of the
+headline numbers to the section. Prints JSON and, with --write, updates its section of
+docs/BENCHMARKS.md. Not a test.
 """
 
 from __future__ import annotations
@@ -328,7 +330,37 @@ async def measure(ns: argparse.Namespace, root: Path) -> dict:
     return result
 
 
-def render(r: dict) -> str:
+def headline(r: dict) -> dict[str, str]:
+    """The numbers a before/after comparison shows, formatted."""
+    d, threads = r["decide_cycle"], r["burst"]["orchestrator_threads_cpu_s"]
+    o, q = r["end_rss"]["orchestrator"], r["per_job"]["queued_to_dispatched_ms"]
+    return {
+        "throughput (jobs/s)": f"{r['per_job']['jobs_per_s']}",
+        "decide cycles per job": f"{d['cycles'] / r['jobs']:.2f}",
+        "decide cycle: mean; p50 / p99 (bucket bounds)":
+            f"{d['mean_ms']} ms; ≤ {d['p50_ms_at_most']} / ≤ {d['p99_ms_at_most']} ms",
+        "event-loop CPU per job": f"{threads.get('main', 0.0) / r['jobs'] * 1000:.2f} ms",
+        "queued → dispatched p50 / p99": f"{q['p50']} / {q['p99']} ms",
+        "orchestrator RSS after the burst (peak)": f"{o['rss_mb']} MB ({o['peak_mb']} MB)",
+        "load average at the end": r["machine"].rsplit("load average ", 1)[-1].split()[0],
+    }
+
+
+def compare(before: dict, after: dict) -> str:
+    b, a = headline(before), headline(after)
+    rows = "\n".join(f"| {k} | {b[k]} | {a[k]} |" for k in a)
+    return f"""Before and after the incremental snapshot (registry.FleetIndex), wake-up coalescing
+and scrape-time gauges: two runs of this bench, same arguments ({after['jobs']:,} jobs),
+one each, on the same shared machine.
+
+| | before | after |
+|---|---|---|
+{rows}
+
+"""
+
+
+def render(r: dict, before: dict | None = None) -> str:
     pools = [name for name in r["ready_rss"] if name != "orchestrator"]
     o = {phase: r[phase]["orchestrator"] for phase in ("idle_rss", "ready_rss", "end_rss")}
     per_worker_kb = (sum(r["ready_rss"][p]["rss_mb"] - r["idle_rss"][p]["rss_mb"] for p in pools)
@@ -372,14 +404,14 @@ def render(r: dict) -> str:
     return f"""<!-- scale-sim:start -->
 ## {r["workers"]:,} simulated workers under one orchestrator
 
-`python bench/scale_sim.py --jobs {r['jobs']} --write` — one run, {time.strftime('%Y-%m-%d')}:
+`python bench/scale_sim.py --jobs {r['jobs']}{" --before BEFORE.json" if before else ""} --write` — one run, {time.strftime('%Y-%m-%d')}:
 a real orchestrator (SQLite) and {r['pools']} pool manager processes with
 `sim_in_process = true`, {r['workers']} in-process sim workers ({r['workers'] // r['pools']} per
 pool, each its own gRPC server; 1 ms to first token, 1 ms a token), then {r['jobs']:,} jobs of up
 to {r['max_tokens']} tokens submitted by 64 concurrent gRPC callers. {r['machine']};
 everything, the bench client included, shares those CPUs.
 
-| what | result |
+{compare(before, r) if before else ""}| what | result |
 |---|---|
 {table}
 <!-- scale-sim:end -->"""
@@ -389,7 +421,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pools", type=int, default=4)
     parser.add_argument("--workers-per-pool", type=int, default=250)
-    # 10,000: about 3 minutes in all at the ~65 jobs/s measured (20,000 took 5.5).
+    # 10,000: about 3.5 minutes in all at the ~50-65 jobs/s measured before the
+    # incremental snapshot (20,000 took 5.5); about a minute after it.
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--max-tokens", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=64)
@@ -398,7 +431,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="orchestrator under cProfile")
     parser.add_argument("--keep", action="store_true", help="keep the run's folder (logs)")
     parser.add_argument("--write", action="store_true", help="update docs/BENCHMARKS.md")
+    parser.add_argument("--before", type=Path, help="an earlier run's JSON, to compare")
     ns = parser.parse_args()
+    before = json.loads(ns.before.read_text()) if ns.before else None
     root = Path(tempfile.mkdtemp(prefix="scale-sim-"))
     try:
         result = asyncio.run(measure(ns, root))
@@ -409,7 +444,7 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
     print(json.dumps(result, indent=2))
     if ns.write:
-        write_section("scale-sim", render(result))
+        write_section("scale-sim", render(result, before))
 
 
 if __name__ == "__main__":

@@ -27,12 +27,15 @@ from orchestrator.retry import RetryPolicy
 from orchestrator.estimates import Estimates
 from orchestrator.queue_index import QueueIndex
 from orchestrator.snapshot import (Dispatch, EvictModel, JobView, Preload, Snapshot, StartWorker,
-                                   PreloadAdvice, StopWorker, UnservableAdvice, Wait, build_snapshot)
+                                   PreloadAdvice, StopWorker, UnservableAdvice, Wait, assemble)
 from orchestrator import optimizer
-from orchestrator.types import JobState, Priority, WorkerPhase
+from orchestrator.types import JobState, WorkerPhase
 
 F = events_pb2
 MAX_START_FAILURES = 3
+# A wake-up this soon after the previous scheduling cycle yields to the event loop once
+# before its cycle, so a burst of events is served by one cycle (see _decision_loop).
+COALESCE_AFTER_S = 0.005
 _CAPACITY_REASONS = frozenset({scheduler.Reason.NO_ROOM, scheduler.Reason.BUSY_NO_ROOM,
                                scheduler.Reason.EVICTING})
 
@@ -62,6 +65,7 @@ class Orchestrator:
         self.idempotency: dict[str, str] = {}
         self._order = 0
         self._wake = asyncio.Event()
+        self._last_cycle = float("-inf")  # perf_counter() at the end of the last cycle with work
         self._tasks: list[asyncio.Task] = []
         self._start_failures: dict[str, tuple[int, float, str]] = {}
         o = cfg.orchestrator
@@ -75,6 +79,7 @@ class Orchestrator:
         self.durability.start()
         if self.store is not None:
             await recovery.recover(self)
+        metrics.watch(self)  # gauges read on scrape, not set on every wake
         self._tasks = [asyncio.create_task(self._decision_loop(), name="decision-loop"),
                        asyncio.create_task(self._watchdog(), name="watchdog"),
                        asyncio.create_task(self._optimizer(), name="optimizer")]
@@ -294,15 +299,21 @@ class Orchestrator:
     # ---- the decision loop -------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        pools = self.registry.pool_views()
+        """This moment's snapshot: the registry's Fleet (kept up to date as records
+        change, so this costs O(changes), not O(workers)) with the queue's heads."""
         backoff = {ref: until for ref, (_, until, _) in self._start_failures.items()}
-        return build_snapshot(self.index, self.registry.worker_views(), pools, time.time(),
-                              start_backoff_until=backoff, estimates=self.estimates.snapshot(),
-                              advice=self.advice, pins=self.pins)
+        return assemble(self.index, self.registry.facts(self.pins), time.time(),
+                        start_backoff_until=backoff, estimates=self.estimates.snapshot(),
+                        advice=self.advice)
 
     async def _decision_loop(self) -> None:
         while True:
             await self._wake.wait()
+            if time.perf_counter() - self._last_cycle < COALESCE_AFTER_S:
+                # Busy: events arrive faster than cycles. Let the ones already due (more
+                # submits, more jobs ending) run first, so this cycle serves them all. An
+                # isolated wake-up runs at once: time to first token pays nothing.
+                await asyncio.sleep(0)
             self._wake.clear()
             try:
                 self._cycle()
@@ -313,10 +324,9 @@ class Orchestrator:
                 self.wake()
 
     def _cycle(self) -> None:
-        t0 = time.perf_counter()
-        self._gauges()
         if not self.queue:
             return
+        t0 = time.perf_counter()
         snap = self.snapshot()
         self._wake_at = float("inf")
         checked = validator.validate(snap, scheduler.decide(snap))
@@ -339,18 +349,7 @@ class Orchestrator:
                 self._wake_timer.cancel()
             self._wake_timer = asyncio.get_running_loop().call_later(
                 max(0.0, self._wake_at - time.time()), self.wake)
-
-    def _gauges(self) -> None:
-        depth = self.index.depth_by_priority()
-        for prio in Priority:
-            metrics.QUEUE_DEPTH.labels(component="orchestrator",
-                                       priority=prio.name.lower()).set(depth.get(prio, 0))
-        metrics.POOLS.labels(component="orchestrator").set(len(self.registry.pools))
-        phases: dict[str, int] = {p.value: 0 for p in WorkerPhase}
-        for w in self.registry.workers.values():
-            phases[w.phase.value] += 1
-        for phase, n in phases.items():
-            metrics.WORKERS.labels(component="orchestrator", phase=phase).set(n)
+        self._last_cycle = time.perf_counter()
 
     def _expire_deadlines(self) -> None:
         now = time.time()

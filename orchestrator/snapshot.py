@@ -15,15 +15,21 @@ never O(queued jobs) or O(workers):
   placement and `pools_by_evictable_room` bounds what eviction could free, so a model
   that cannot fit anywhere costs O(1) to rule out.
 
-Build one with `build_snapshot` (from the loop's QueueIndex) or `Snapshot.of` (small
-lists, for tests). Decisions name ids that exist in the snapshot; the validator
-(orchestrator.validator) checks every one before the loop carries it out.
+A snapshot is assembled (`assemble`) from the loop's QueueIndex and a Fleet: the
+immutable worker half (WorkerFacts), pool half (PoolFacts) and what depends on both.
+The orchestrator's registry keeps its Fleet up to date change by change
+(registry.FleetIndex), so taking a snapshot costs O(changes + models x heads) in Python,
+not O(workers) (what stays proportional to the workers is C-level copying of the
+containers that changed); `build_snapshot` (and `Snapshot.of`, small lists for tests) builds the Fleet
+from scratch, and is the reference the incremental one is tested against. Decisions name
+ids that exist in the snapshot; the validator (orchestrator.validator) checks every one
+before the loop carries it out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -123,7 +129,7 @@ Advice = PreloadAdvice | StartAdvice | UnservableAdvice
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Everything one scheduling cycle may read. Invariants (kept by build_snapshot):
+    """Everything one scheduling cycle may read. Invariants (kept by assemble):
     every JobView in `queued` has not_before <= now; every worker in `open_workers` is
     READY with free_slots > 0, fewest running jobs first, then longest idle (ties: id);
     every worker in `idle` is READY with no job running and appears in `workers` and in
@@ -170,8 +176,7 @@ class Snapshot:
         return self.queued_total.get(model_ref, 0) - self.waiting_backoff.get(model_ref, 0)
 
     def is_pinned(self, w: WorkerView) -> bool:
-        devs = self.pins.get(w.model_ref)
-        return bool(devs) and any((w.pool_id, d) in devs for d in w.device_ids)
+        return pinned(self.pins, w)
 
     def rooms(self, k: int) -> tuple[tuple[int, str], ...]:
         """Available pools ranked by room for a k-device mask (precomputed for the device
@@ -200,6 +205,17 @@ def _freeze(d: dict) -> Mapping:
     return MappingProxyType(d)
 
 
+def sorted_map(d: dict) -> Mapping:
+    """A frozen copy of d in key order."""
+    return MappingProxyType(dict(sorted(d.items())))
+
+
+def pinned(pins: Mapping[str, frozenset[DeviceKey]], w: WorkerView) -> bool:
+    """Is the worker on a device pinned for its model (never evicted)?"""
+    devs = pins.get(w.model_ref)
+    return bool(devs) and any((w.pool_id, d) in devs for d in w.device_ids)
+
+
 def _rank_pools(snap: Snapshot, k: int,
                 extra: tuple[Mapping[DeviceKey, int], ...]) -> tuple[tuple[int, str], ...]:
     desc = {pid: sorted((snap.devices[(pid, d)].free_bytes
@@ -216,23 +232,100 @@ def _most_free(d: DeviceView) -> tuple[int, str]:
     return (-d.free_bytes, d.device_id)
 
 
-def _ranked(desc: dict[str, list[int]], k: int) -> tuple[tuple[int, str], ...]:
+def _ranked(desc: Mapping[str, Sequence[int]], k: int) -> tuple[tuple[int, str], ...]:
     """(k-th largest value, pool) for pools with >= k devices, largest first, ties by id."""
     ranked = [(-vals[k - 1], pid) for pid, vals in desc.items() if len(vals) >= k]
     ranked.sort()
     return tuple([(-neg, pid) for neg, pid in ranked])
 
 
-def build_snapshot(index: "QueueIndex", workers: Iterable[WorkerView],
-                   pools: Iterable[PoolView], now: float, *,
-                   start_backoff_until: Mapping[str, float] = _EMPTY,
-                   estimates: Mapping[str, ModelEstimate] = _EMPTY,
-                   advice: Iterable[Advice] = (),
-                   pins: Mapping[str, Iterable[DeviceKey]] = _EMPTY,
-                   extra_heads: int = EXTRA_HEADS) -> Snapshot:
-    """Freeze one cycle's facts. Cost O(workers + devices + models x heads + pools x
-    distinct device counts x log pools); never touches the queue beyond the heads.
-    `index` is only read (plus its promotions of jobs whose backoff has expired)."""
+# ---- the fleet a snapshot is assembled from -----------------------------------------------
+# Workers and pools change a few at a time while a cycle needs all of them, indexed. So a
+# Snapshot is assembled from an immutable Fleet that need not be rebuilt each cycle:
+# registry.FleetIndex keeps one up to date change by change, and `fleet_of` builds one
+# from scratch (tests, dry runs, the reference the incremental one is checked against).
+# Only `assemble` reads the queue and the clock.
+
+@dataclass(frozen=True, slots=True)
+class WorkerFacts:
+    """The worker half of a Snapshot: the fields of the same names there, from the
+    workers' views alone (and the pins), plus `idle_bytes`. Model-keyed maps are in
+    sorted model order."""
+    workers: Mapping[str, WorkerView]
+    open_workers: Mapping[str, tuple[WorkerView, ...]]
+    free_slots: Mapping[str, int]
+    idle: Mapping[str, tuple[WorkerView, ...]]
+    idle_lru: tuple[WorkerView, ...]
+    busy_by_model: Mapping[str, int]
+    serving_by_model: Mapping[str, int]
+    lanes_by_model: Mapping[str, int]
+    starting_by_model: Mapping[str, int]
+    freeing: Mapping[DeviceKey, int]
+    occupied: frozenset[DeviceKey]
+    devices_of_model: Mapping[str, frozenset[DeviceKey]]
+    pins: Mapping[str, frozenset[DeviceKey]]
+    idle_bytes: Mapping[DeviceKey, int]  # bytes of every idle, unpinned worker: `evictable`
+    #   before this cycle's jobs claim the longest idle workers of their models
+
+
+@dataclass(frozen=True, slots=True)
+class PoolFacts:
+    """The pool half of a Snapshot: the fields of the same names there, plus each
+    available pool's free bytes in descending order. `rooms(k)` is ranked once per
+    PoolFacts and k (pools change with heartbeats, not every cycle)."""
+    pools: Mapping[str, PoolView]  # by id, in id order
+    devices: Mapping[DeviceKey, DeviceView]
+    devices_by_free: Mapping[str, tuple[str, ...]]
+    free_desc: Mapping[str, tuple[int, ...]]  # available pools only
+    _rooms: dict[int, tuple[tuple[int, str], ...]] = field(default_factory=dict, compare=False,
+                                                           repr=False)  # memo
+
+    def rooms(self, k: int) -> tuple[tuple[int, str], ...]:
+        got = self._rooms.get(k)
+        if got is None:
+            got = self._rooms[k] = _ranked(self.free_desc, k)
+        return got
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    """Everything a Snapshot says about workers and pools: the two halves, and what
+    depends on both. Immutable; consecutive snapshots share it (or its unchanged parts)."""
+    worker_facts: WorkerFacts
+    pool_facts: PoolFacts
+    room_if_evicted: Mapping[str, tuple[int, ...]]  # available pools with STOPPING or
+    #   idle, unpinned workers: free + freeing + idle_bytes per device, descending
+
+
+def room_if_evicted(pool: PoolView, freeing: Mapping[DeviceKey, int],
+                    evictable: Mapping[DeviceKey, int]) -> tuple[int, ...]:
+    """The pool's free bytes per device plus what stopping workers and evictable ones
+    hold there, descending."""
+    pid = pool.pool_id
+    return tuple(sorted([d.free_bytes + freeing.get((pid, d.device_id), 0)
+                         + evictable.get((pid, d.device_id), 0) for d in pool.devices],
+                        reverse=True))
+
+
+def fleet_of(workers: Iterable[WorkerView], pools: Iterable[PoolView],
+             pins: Mapping[str, Iterable[DeviceKey]] = _EMPTY) -> Fleet:
+    """Index worker and pool views from scratch."""
+    wf, pf = worker_facts(workers, pins), pool_facts(pools)
+    roomier = {pid for pid, _ in wf.freeing} | {pid for pid, _ in wf.idle_bytes}
+    return Fleet(wf, pf, _freeze({
+        pid: room_if_evicted(pf.pools[pid], wf.freeing, wf.idle_bytes)
+        for pid in sorted(roomier) if pid in pf.free_desc}))
+
+
+def rank_devices(p: PoolView) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """A pool's device ids, most free first (ties: id), and their free bytes."""
+    order = sorted(p.devices, key=_most_free)
+    return tuple([d.device_id for d in order]), tuple([d.free_bytes for d in order])
+
+
+def worker_facts(workers: Iterable[WorkerView],
+                 pins: Mapping[str, Iterable[DeviceKey]] = _EMPTY) -> WorkerFacts:
+    """Index worker views from scratch: O(workers log workers)."""
     all_workers = {w.worker_id: w for w in workers if w.phase is not WorkerPhase.GONE}
     hosting: dict[str, set[DeviceKey]] = {}
     for w in all_workers.values():
@@ -267,27 +360,88 @@ def build_snapshot(index: "QueueIndex", workers: Iterable[WorkerView],
             for d in w.device_ids:
                 freeing[(w.pool_id, d)] = freeing.get((w.pool_id, d), 0) + w.memory_bytes
 
-    def lru(w: WorkerView) -> tuple[float, str]:
-        return (w.last_used, w.worker_id)
-
     idle_lru: list[WorkerView] = []
     idle: dict[str, tuple[WorkerView, ...]] = {}
     for m in sorted(idle_by):
         ws = idle_by[m]
-        ws.sort(key=lru)
+        ws.sort(key=lru_key)
         idle[m] = tuple(ws)
         idle_lru.extend(ws)
-    idle_lru.sort(key=lru)
-
-    def least_loaded(w: WorkerView) -> tuple[int, float, str]:
-        return (w.active, w.last_used, w.worker_id)
-
+    idle_lru.sort(key=lru_key)
     open_workers: dict[str, tuple[WorkerView, ...]] = {}
     for m in sorted(open_by):
         ws = open_by[m]
-        ws.sort(key=least_loaded)
+        ws.sort(key=dispatch_key)
         open_workers[m] = tuple(ws)
 
+    pin_sets = {m: frozenset(v) for m, v in sorted(pins.items())}
+    idle_bytes: dict[DeviceKey, int] = {}
+    for w in idle_lru:
+        if w.memory_bytes and not pinned(pin_sets, w):
+            for d in w.device_ids:
+                idle_bytes[(w.pool_id, d)] = idle_bytes.get((w.pool_id, d), 0) + w.memory_bytes
+    return WorkerFacts(
+        workers=_freeze(all_workers), open_workers=_freeze(open_workers),
+        free_slots=sorted_map(free_slots), idle=_freeze(idle), idle_lru=tuple(idle_lru),
+        busy_by_model=sorted_map(busy), serving_by_model=sorted_map(serving),
+        lanes_by_model=sorted_map(lanes), starting_by_model=sorted_map(starting),
+        freeing=_freeze(freeing), occupied=occupied,
+        devices_of_model=_freeze({m: frozenset(v) for m, v in sorted(hosting.items())}),
+        pins=_freeze(pin_sets), idle_bytes=_freeze(idle_bytes))
+
+
+def lru_key(w: WorkerView) -> tuple[float, str]:
+    """Order of `idle` and `idle_lru`: longest idle first (ties: id)."""
+    return (w.last_used, w.worker_id)
+
+
+def dispatch_key(w: WorkerView) -> tuple[int, float, str]:
+    """Order of `open_workers`: fewest running jobs, then longest idle (ties: id)."""
+    return (w.active, w.last_used, w.worker_id)
+
+
+def pool_facts(pools: Iterable[PoolView]) -> PoolFacts:
+    """Index pool views from scratch: O(devices log devices)."""
+    pool_map: dict[str, PoolView] = {}
+    devices: dict[DeviceKey, DeviceView] = {}
+    by_free: dict[str, tuple[str, ...]] = {}
+    free_desc: dict[str, tuple[int, ...]] = {}
+    for p in sorted(pools, key=_pool_id):
+        pid = p.pool_id
+        pool_map[pid] = p
+        devices.update([((pid, d.device_id), d) for d in p.devices])
+        by_free[pid], free = rank_devices(p)
+        if p.available:
+            free_desc[pid] = free
+    return PoolFacts(_freeze(pool_map), _freeze(devices), _freeze(by_free), _freeze(free_desc))
+
+
+def build_snapshot(index: "QueueIndex", workers: Iterable[WorkerView],
+                   pools: Iterable[PoolView], now: float, *,
+                   start_backoff_until: Mapping[str, float] = _EMPTY,
+                   estimates: Mapping[str, ModelEstimate] = _EMPTY,
+                   advice: Iterable[Advice] = (),
+                   pins: Mapping[str, Iterable[DeviceKey]] = _EMPTY,
+                   extra_heads: int = EXTRA_HEADS) -> Snapshot:
+    """Freeze one cycle's facts from scratch: `assemble` over `fleet_of(workers, pools,
+    pins)`. Cost O(workers log workers + devices log devices) on top of assembly's."""
+    return assemble(index, fleet_of(workers, pools, pins), now,
+                    start_backoff_until=start_backoff_until, estimates=estimates,
+                    advice=advice, extra_heads=extra_heads)
+
+
+def assemble(index: "QueueIndex", fleet: Fleet, now: float, *,
+             start_backoff_until: Mapping[str, float] = _EMPTY,
+             estimates: Mapping[str, ModelEstimate] = _EMPTY,
+             advice: Iterable[Advice] = (),
+             extra_heads: int = EXTRA_HEADS) -> Snapshot:
+    """Freeze one cycle's facts from the fleet, the queue and the clock. Cost
+    O(models x heads + idle workers this cycle's jobs take (and the devices of their
+    pools) + distinct device counts x pools); it never touches the queue beyond the
+    heads, nor a worker or pool that this cycle does not involve. `index` is only read
+    (plus its promotions of jobs whose backoff has expired)."""
+    wf, pf = fleet.worker_facts, fleet.pool_facts
+    free_slots = wf.free_slots
     queued: dict[str, tuple[JobView, ...]] = {}
     total: dict[str, int] = {}
     backoff: dict[str, int] = {}
@@ -308,41 +462,37 @@ def build_snapshot(index: "QueueIndex", workers: Iterable[WorkerView],
     head_order = sorted(queued.items(), key=lambda mh: (mh[1][0].priority, mh[1][0].order))
     queued = dict(head_order)
 
-    pin_sets = {m: frozenset(v) for m, v in sorted(pins.items())}
-    evictable: dict[DeviceKey, int] = {}
-    for m, ws in idle.items():
-        pinned = pin_sets.get(m)
-        # The first `eligible` idle workers of a model take its jobs this cycle (the
-        # scheduler gives each idle worker one before any worker a second).
-        for w in ws[total.get(m, 0) - backoff.get(m, 0):]:
-            if not w.memory_bytes or pinned and any((w.pool_id, d) in pinned
-                                                    for d in w.device_ids):
+    # evictable = idle_bytes less the idle workers that take jobs this cycle: the first
+    # `eligible` idle workers of each queued model (the scheduler gives each idle worker
+    # one before any worker a second).
+    evictable, pins, taken = wf.idle_bytes, wf.pins, None
+    touched: set[str] = set()  # pools where such workers are
+    for m in queued:
+        for w in wf.idle.get(m, ())[:total[m] - backoff.get(m, 0)]:
+            if not w.memory_bytes or pinned(pins, w):
                 continue
+            if taken is None:
+                taken = dict(evictable)
+            touched.add(w.pool_id)
             for d in w.device_ids:
-                evictable[(w.pool_id, d)] = evictable.get((w.pool_id, d), 0) + w.memory_bytes
+                left = taken[(w.pool_id, d)] - w.memory_bytes
+                if left:
+                    taken[(w.pool_id, d)] = left
+                else:
+                    del taken[(w.pool_id, d)]
+    if taken is not None:
+        evictable = _freeze(taken)
 
-    pool_map: dict[str, PoolView] = {}
-    devices: dict[DeviceKey, DeviceView] = {}
-    by_free: dict[str, tuple[str, ...]] = {}
-    free_desc: dict[str, list[int]] = {}  # available pool -> free bytes, descending
-    most: dict[str, list[int]] = {}  # available pool -> free + freeing + evictable, descending
-    extra_pools = {pid for pid, _ in freeing} | {pid for pid, _ in evictable}
-    for p in sorted(pools, key=_pool_id):
-        pid = p.pool_id
-        pool_map[pid] = p
-        devices.update([((pid, d.device_id), d) for d in p.devices])
-        order = sorted(p.devices, key=_most_free)
-        by_free[pid] = tuple([d.device_id for d in order])
-        if p.available:
-            free_desc[pid] = values = [d.free_bytes for d in order]
-            most[pid] = values if pid not in extra_pools else sorted(
-                (d.free_bytes + freeing.get((pid, d.device_id), 0)
-                 + evictable.get((pid, d.device_id), 0) for d in order), reverse=True)
-    rooms: dict[int, tuple[tuple[int, str], ...]] = {}
-    evictable_rooms: dict[int, tuple[tuple[int, str], ...]] = {}
-    for k in sorted(counts):
-        rooms[k] = _ranked(free_desc, k)
-        evictable_rooms[k] = _ranked(most, k)
+    ks = sorted(counts)
+    rooms = {k: pf.rooms(k) for k in ks}
+    evictable_rooms = rooms
+    if fleet.room_if_evicted:
+        most = dict(pf.free_desc)  # free + freeing + evictable, descending
+        most.update(fleet.room_if_evicted)
+        for pid in touched:
+            if pid in most:
+                most[pid] = room_if_evicted(pf.pools[pid], wf.freeing, evictable)
+        evictable_rooms = {k: _ranked(most, k) for k in ks}
 
     start_advice: dict[str, list[StartAdvice]] = {}
     unservable: dict[str, UnservableAdvice] = {}
@@ -356,22 +506,20 @@ def build_snapshot(index: "QueueIndex", workers: Iterable[WorkerView],
     return Snapshot(
         now=now, queued=_freeze(queued), queued_total=_freeze(total),
         waiting_backoff=_freeze(backoff), next_retry=_freeze(next_retry),
-        workers=_freeze(all_workers), open_workers=_freeze(open_workers),
-        free_slots=_freeze(free_slots), idle=_freeze(idle), idle_lru=tuple(idle_lru),
-        busy_by_model=_freeze(busy), serving_by_model=_freeze(serving),
-        lanes_by_model=_freeze(lanes), starting_by_model=_freeze(starting),
-        pools=_freeze(pool_map), devices=_freeze(devices), devices_by_free=_freeze(by_free),
-        pools_by_room=_freeze(rooms), pools_by_evictable_room=_freeze(evictable_rooms),
-        occupied=occupied,
-        devices_of_model=_freeze({m: frozenset(v) for m, v in sorted(hosting.items())}),
-        freeing=_freeze(freeing), evictable=_freeze(evictable),
+        workers=wf.workers, open_workers=wf.open_workers, free_slots=free_slots,
+        idle=wf.idle, idle_lru=wf.idle_lru, busy_by_model=wf.busy_by_model,
+        serving_by_model=wf.serving_by_model, lanes_by_model=wf.lanes_by_model,
+        starting_by_model=wf.starting_by_model, pools=pf.pools, devices=pf.devices,
+        devices_by_free=pf.devices_by_free, pools_by_room=_freeze(rooms),
+        pools_by_evictable_room=_freeze(evictable_rooms), occupied=wf.occupied,
+        devices_of_model=wf.devices_of_model, freeing=wf.freeing, evictable=evictable,
         start_backoff_until=_freeze(dict(start_backoff_until)),
         estimates=(estimates if isinstance(estimates, MappingProxyType)
                    else _freeze(dict(estimates))),
         advice=advice,
         start_advice=_freeze({m: tuple(v) for m, v in sorted(start_advice.items())}),
         unservable=_freeze(dict(sorted(unservable.items()))),
-        pins=_freeze(pin_sets))
+        pins=wf.pins)
 
 
 # ---- decisions ---------------------------------------------------------------------------

@@ -122,3 +122,35 @@ def test_slots_and_running_jobs_reach_the_proto_and_the_snapshot_view():
     assert (info.slots, info.active_jobs, info.state) == (4, 2, C.WORKER_STATE_READY)
     [view] = reg.worker_views()
     assert (view.slots, view.active, view.free_slots) == (4, 2, 2)
+    assert reg.facts().worker_facts.workers["w1"] == view  # the incremental path agrees
+
+
+# ---- phase counts: kept as records change, read by the gauges on scrape --------------------
+
+class _Orch:  # what metrics.watch reads of an Orchestrator
+    def __init__(self, registry):
+        from orchestrator.queue_index import QueueIndex
+        self.registry, self.index = registry, QueueIndex()
+
+
+def test_worker_gauges_read_phase_counts_kept_as_records_change():
+    from orchestrator import metrics
+
+    def gauge(phase):
+        return metrics.REGISTRY.get_sample_value(
+            "orchd_workers", {"component": "orchestrator", "phase": phase.value})
+
+    reg = Registry()
+    orch = _Orch(reg)
+    metrics.watch(orch)
+    reg.pools["p1"] = PoolRecord("p1", C.Inventory(devices=[device()], engines=["sim"]))
+    a = reg.workers["w1"] = worker(1)
+    b = reg.workers["w2"] = worker(2, phase=STARTING)
+    a.reserve("j")  # one slot: BUSY
+    assert (gauge(READY), gauge(BUSY), gauge(STARTING)) == (0, 1, 1)
+    b.phase = READY
+    reg.workers.pop("w1").phase = GONE  # as worker_gone: out of the registry, then GONE
+    assert (gauge(READY), gauge(BUSY), gauge(STARTING), gauge(GONE)) == (1, 0, 0, 0)
+    assert metrics.REGISTRY.get_sample_value("orchd_pools", {"component": "orchestrator"}) == 1
+    del orch  # a collected orchestrator reads as nothing
+    assert gauge(READY) == 0
