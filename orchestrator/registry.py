@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from common import grpc_server
+from common import tls
 from llama_orch.v1 import common_pb2, pool_link_pb2, worker_pb2_grpc
 from orchestrator.snapshot import (DeviceKey, DeviceView, Fleet, PoolFacts, PoolView,
                                    WorkerFacts, WorkerView, dispatch_key, lru_key, pinned,
@@ -80,7 +80,8 @@ class WorkerRecord:
 
     def stub(self) -> worker_pb2_grpc.WorkerServiceStub:
         if self._stub is None:
-            self._channel = grpc_server.channel(self.endpoint)
+            # With TLS the worker must prove it belongs to the pool that announced it.
+            self._channel = tls.worker_channel(self.endpoint, self.pool_id)
             self._stub = worker_pb2_grpc.WorkerServiceStub(self._channel)
         return self._stub
 
