@@ -7,9 +7,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup up test lint gen gen-check bench lock clean-venv tiny
+.PHONY: setup up test lint gen gen-check bench lock clean-venv tiny ui ui-check
 
-setup: $(STAMP)
+setup: $(STAMP) ui
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("llama-orch needs Python >= 3.11, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -48,3 +48,26 @@ lock:
 
 clean-venv:
 	rm -rf $(VENV)
+
+## The web UI (frontend/ -> frontend/dist, served by the gateway at /ui). dist is committed,
+## so machines without npm still serve it; with npm it is rebuilt when its sources change.
+UI_SRC  := $(shell find frontend/src -type f 2>/dev/null) frontend/index.html \
+           frontend/vite.config.ts frontend/tsconfig.json frontend/env.d.ts \
+           frontend/package.json frontend/package-lock.json
+UI_DIST := frontend/dist/index.html
+UI_DEPS := frontend/node_modules/.package-lock.json
+ui:
+	@if command -v npm >/dev/null 2>&1; then \
+	    $(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) $(UI_DIST) \
+	    || { [ -f $(UI_DIST) ] && [ -z "$$CI" ] \
+	         && echo "warning: frontend/dist not rebuilt; serving it as it is" >&2; }; \
+	elif [ -f $(UI_DIST) ]; then echo "npm not found: serving frontend/dist as it is"; \
+	else echo "npm not found and frontend/dist missing: the gateway serves no /ui" >&2; fi
+$(UI_DEPS): frontend/package-lock.json
+	cd frontend && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+$(UI_DIST): $(UI_SRC) | $(UI_DEPS)
+	cd frontend && npm run --silent build -- --logLevel warn
+	@touch $@
+ui-check: $(UI_DEPS)
+	cd frontend && npm run --silent typecheck
