@@ -73,6 +73,9 @@ class Supervisor:
                  cpu_threads: int = 1, grace_s: float = 5.0, sim_in_process: bool = False,
                  ledger: Ledger | None = None, worker_tls: list[str] | None = None):
         self.callback_address = callback_address
+        # Workers listen where the pool manager does (pool.listen's host): loopback in home
+        # mode, the node's address in a lab, so the orchestrator can reach them.
+        self.worker_host = callback_address.rpartition(":")[0] or "127.0.0.1"
         # TLS on: the flags that make a worker serve (and call back) with this pool's
         # certificate (worker/main.py --tls-*).
         self.worker_tls = worker_tls or []
@@ -93,7 +96,7 @@ class Supervisor:
         args = ["--worker-id", cmd.worker_id,
                 "--model-ref", cmd.model_ref, "--engine", cmd.engine or "hf",
                 "--devices", ",".join(cmd.device_ids), "--callback", self.callback_address,
-                "--listen", "127.0.0.1:0", "--threads", str(self.cpu_threads)]
+                "--listen", f"{self.worker_host}:0", "--threads", str(self.cpu_threads)]
         if model_dir:
             args += ["--model-dir", model_dir]
         args += self.worker_tls
