@@ -11,11 +11,17 @@ REST/SSE into the same RPCs any SDK makes, through one grpc.aio channel per app.
     GET    /v2/tasks/{job_id}          GetJob
     DELETE /v2/tasks/{job_id}          CancelJob
     GET    /v2/tasks/{job_id}/events   StreamJob             SSE, Last-Event-ID resume
+    GET    /v2/tasks                   ListJobs
     GET    /v2/events                  WatchFacts            SSE, Last-Event-ID resume
+    GET    /v2/info                    (GetClusterSnapshot)  mode, version (gateway.v2.cluster)
+    GET    /v2/cluster                 GetClusterSnapshot
+    *      /v2/admin/...               AdminService, one route per RPC (gateway.v2.admin)
     GET    /metrics                    the gateway's Prometheus metrics + the orchestrator's
     GET    /healthz                    liveness, plus the channel's connectivity state
+    GET    /ui/                        the web UI, frontend/dist (gateway.ui)
 
-    GET    /openapi.json, /docs      the OpenAPI document of all the above (gateway.openapi)
+    GET    /openapi.json, /docs      the OpenAPI document of all the above but /ui
+                                     (gateway.openapi)
 
 Beside the gRPC channel the app holds one httpx client, for the orchestrator's
 metrics (gateway.metrics.OrchestratorMetrics).
@@ -25,13 +31,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request, Response
 
 from common.grpc_server import channel
-from gateway import errors, openapi
+from gateway import errors, openapi, ui
 from gateway.metrics import (
     COMPONENT,
     GatewayMetrics,
@@ -42,14 +49,15 @@ from gateway.middleware import EdgeMiddleware
 from gateway.openai import chat, completions, models
 from gateway.openai.protocol import MAX_N
 from gateway.orchestrator_client import OrchestratorClient
-from gateway.v2 import events, tasks
+from gateway.v2 import admin, cluster, events, tasks
 
 MiB = 1024 * 1024
 
 
 def create_app(orchestrator_address: str, *, max_body_bytes: int = 4 * MiB,
                max_n: int = MAX_N, orchestrator_metrics_url: str | None = None,
-               heartbeat_s: float = 15.0, stream_open_wait_s: float = 2.0) -> FastAPI:
+               heartbeat_s: float = 15.0, stream_open_wait_s: float = 2.0,
+               mode: str = "home", ui_dist: Path = ui.DIST) -> FastAPI:
     """Build the app; the channel and the HTTP client open at startup and close at
     shutdown (lifespan).
 
@@ -58,6 +66,8 @@ def create_app(orchestrator_address: str, *, max_body_bytes: int = 4 * MiB,
       the orchestrator's host, port 9101). heartbeat_s: the longest a /v2 SSE stream
       stays silent (`: keep-alive`). stream_open_wait_s: how long a /v2 SSE request
       waits for its first event before committing a 200 (gateway.v2.relay).
+      mode: the config's mode, which /v2/info tells where the orchestrator's snapshot
+      cannot be read. ui_dist: the built web UI served at /ui/ (gateway.ui).
     """
     metrics_url = orchestrator_metrics_url or default_orchestrator_metrics_url(
         orchestrator_address)
@@ -70,6 +80,7 @@ def create_app(orchestrator_address: str, *, max_body_bytes: int = 4 * MiB,
         # An internal hop: no proxies from the environment.
         http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
         app.state.orchestrator_metrics = OrchestratorMetrics(metrics_url, http)
+        ui.log_if_missing(ui_dist)
         try:
             yield
         finally:
@@ -81,11 +92,13 @@ def create_app(orchestrator_address: str, *, max_body_bytes: int = 4 * MiB,
     app.state.max_n = max_n
     app.state.heartbeat_s = heartbeat_s
     app.state.stream_open_wait_s = stream_open_wait_s
+    app.state.mode = mode
+    app.state.ui_dist = ui_dist
     app.state.metrics = GatewayMetrics()
     errors.install(app)
     app.add_middleware(EdgeMiddleware, metrics=app.state.metrics)
     for router in (models.router, chat.router, completions.router, tasks.router,
-                   events.router):
+                   events.router, cluster.router, admin.router, ui.router):
         app.include_router(router)
 
     @app.get("/metrics", include_in_schema=False)

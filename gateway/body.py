@@ -25,10 +25,12 @@ from common.errors import InvalidInput, OrchError
 M = TypeVar("M", bound=BaseModel)
 
 
-async def read_model(request: Request, model: type[M]) -> M:
-    """The body as `model`; the app's limits (max_n) are the validation context."""
+async def read_model(request: Request, model: type[M], *, optional: bool = False) -> M:
+    """The body as `model`; the app's limits (max_n) are the validation context.
+    `optional`: no body at all (zero bytes) is the same as `{}`."""
     state = request.app.state
-    data = json_object(await read_limited(request, state.max_body_bytes))
+    raw = await read_limited(request, state.max_body_bytes)
+    data = {} if optional and not raw else json_object(raw)
     try:
         return model.model_validate(data, context={"max_n": state.max_n})
     except ValidationError as exc:

@@ -16,18 +16,30 @@ itself and errors recovered from the orchestrator (`OrchError.from_rpc_error`, o
     UNAUTHENTICATED                              401   authentication_error
     PERMISSION_DENIED, POLICY_FORBIDDEN          403   permission_error
     MODEL_NOT_FOUND, NOT_FOUND,                  404   invalid_request_error
-      REVISION_NOT_FOUND
-    IDEMPOTENCY_CONFLICT                         409   invalid_request_error
+      REVISION_NOT_FOUND, DEVICE_NOT_FOUND
+    IDEMPOTENCY_CONFLICT, MODEL_PINNED,          409   invalid_request_error
+      DEVICE_MASK_OVERLAP
     PAYLOAD_TOO_LARGE                            413   invalid_request_error
-    RATE_LIMITED                                 429   rate_limit_error
+    RATE_LIMITED                                 429   rate_limit_error  (+ Retry-After)
     QUOTA_EXHAUSTED                              429   insufficient_quota
     CANCELLED                                    499   cancelled
     UNAVAILABLE, POOL_UNAVAILABLE, WORKER_BUSY,  503   server_error
       WORKER_NOT_READY, WORKER_CRASHED,
-      ENGINE_UNAVAILABLE, INSUFFICIENT_MEMORY
+      ENGINE_UNAVAILABLE, INSUFFICIENT_MEMORY,
+      RAM_BUDGET_EXCEEDED, CACHE_BUDGET_EXCEEDED
     DEADLINE_EXCEEDED                            504   timeout
     anything else (INTERNAL, ENGINE_ERROR,       500   server_error
       RETRIES_EXHAUSTED, MODEL_UNSERVABLE, ...)
+
+and one code of the gateway's own, which errors.proto does not have (`Unimplemented`):
+
+    UNIMPLEMENTED                                501   server_error
+      the orchestrator does not implement the RPC yet (gRPC UNIMPLEMENTED; today
+      AdminService.DrainPool and the policy RPCs), so a client (the web UI) can tell
+      a missing feature from a failure
+
+A RATE_LIMITED refusal carries the orchestrator's hint (gRPC trailing metadata
+`retry-after`, whole seconds; orchestrator/ratelimit.py) as the `Retry-After` header.
 
 Why these choices: 499 is nginx's "client closed request"; a job cancelled while a
 caller waited for it (by CancelJob, an operator or a disconnect) is neither the
@@ -54,7 +66,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from common import log
 from common.errors import InvalidInput, OrchError
@@ -75,7 +86,10 @@ HTTP_STATUS: dict[str, tuple[int, str]] = {
     "MODEL_NOT_FOUND": (404, "invalid_request_error"),
     "NOT_FOUND": (404, "invalid_request_error"),
     "REVISION_NOT_FOUND": (404, "invalid_request_error"),
+    "DEVICE_NOT_FOUND": (404, "invalid_request_error"),
     "IDEMPOTENCY_CONFLICT": (409, "invalid_request_error"),
+    "MODEL_PINNED": (409, "invalid_request_error"),
+    "DEVICE_MASK_OVERLAP": (409, "invalid_request_error"),
     "PAYLOAD_TOO_LARGE": (413, "invalid_request_error"),
     "RATE_LIMITED": (429, "rate_limit_error"),
     "QUOTA_EXHAUSTED": (429, "insufficient_quota"),
@@ -87,14 +101,32 @@ HTTP_STATUS: dict[str, tuple[int, str]] = {
     "WORKER_CRASHED": _UNAVAILABLE,
     "ENGINE_UNAVAILABLE": _UNAVAILABLE,
     "INSUFFICIENT_MEMORY": _UNAVAILABLE,
+    "RAM_BUDGET_EXCEEDED": _UNAVAILABLE,
+    "CACHE_BUDGET_EXCEEDED": _UNAVAILABLE,
     "DEADLINE_EXCEEDED": (504, "timeout"),
+}
+# Codes of the gateway's own, beside the stable ones.
+GATEWAY_STATUS: dict[str, tuple[int, str]] = {
+    "UNIMPLEMENTED": (501, "server_error"),
 }
 DEFAULT_STATUS = (500, "server_error")
 
 
+class Unimplemented(OrchError):
+    """The orchestrator answered gRPC UNIMPLEMENTED: 501 with code "unimplemented".
+
+    errors.proto has no such stable code (an orchestrator never chooses to answer it;
+    its generated base class does), so this error carries the gateway's own code. It
+    never travels back over gRPC (`to_detail` would refuse the code)."""
+
+    def __init__(self, message: str):
+        super().__init__("INTERNAL", message, retryable=False)
+        self.code = "UNIMPLEMENTED"
+
+
 def status_of(code: str) -> tuple[int, str]:
-    """Stable code -> (HTTP status, OpenAI error type)."""
-    return HTTP_STATUS.get(code, DEFAULT_STATUS)
+    """Stable (or gateway) code -> (HTTP status, OpenAI error type)."""
+    return HTTP_STATUS.get(code) or GATEWAY_STATUS.get(code, DEFAULT_STATUS)
 
 
 def error_body(err: OrchError) -> dict[str, Any]:
@@ -104,9 +136,17 @@ def error_body(err: OrchError) -> dict[str, Any]:
                       "code": err.code.lower()}}
 
 
+def retry_headers(err: OrchError) -> dict[str, str]:
+    """`Retry-After` for an error that carries the orchestrator's hint (RATE_LIMITED;
+    gateway.orchestrator_client sets `retry_after`), else nothing."""
+    after = getattr(err, "retry_after", "")
+    return {"Retry-After": after} if after else {}
+
+
 def error_response(err: OrchError, headers: dict[str, str] | None = None) -> JSONResponse:
     status, _ = status_of(err.code)
-    return JSONResponse(error_body(err), status_code=status, headers=headers)
+    return JSONResponse(error_body(err), status_code=status,
+                        headers={**retry_headers(err), **(headers or {})} or None)
 
 
 def _correlation_id(request: Request) -> str:
@@ -136,12 +176,32 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _allowed_methods(request: Request) -> list[str]:
+    path = _route_path(request.scope)
     methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is not Match.NONE:
+    for route in _flat(request.app.router.routes):
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(path):
             methods |= getattr(route, "methods", None) or set()
     return sorted(methods)
+
+
+def _flat(routes: Any) -> Any:
+    """Every route, those of included routers too: FastAPI keeps each included router
+    as one route (`_IncludedRouter`) whose own routes carry the paths and methods."""
+    for route in routes:
+        candidates = getattr(route, "effective_candidates", None)
+        if callable(candidates):
+            yield from _flat(candidates())
+        else:
+            yield route
+
+
+def _route_path(scope: dict[str, Any]) -> str:
+    # As Starlette matches: the path below the app's root_path.
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root):][:1] in ("", "/"):
+        return path[len(root):]
+    return path
 
 
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         print(exc.message, file=sys.stderr)
         return 2
     app = create_app(gw.orchestrator, max_body_bytes=gw.max_body_bytes, max_n=gw.max_n,
-                     orchestrator_metrics_url=metrics_url)
+                     orchestrator_metrics_url=metrics_url, mode=cfg.mode)
     http = _Server(server.config(app, timeout_graceful_shutdown=5))
     log.emit("gateway", "component.started", f"listening on {gw.listen}",
              listen=gw.listen, orchestrator=gw.orchestrator, orchestrator_metrics=metrics_url)

@@ -23,7 +23,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.errors import HTTP_STATUS
+from gateway.errors import GATEWAY_STATUS, HTTP_STATUS
 
 _REF = "#/components/schemas/{model}"
 # Models the document names itself (request bodies, SSE event data), which FastAPI
@@ -79,20 +79,26 @@ _WHY = {
     400: "invalid input: a bad field (`param` names it), or refused at admission",
     401: "the orchestrator requires credentials",
     403: "the credentials may not do this",
-    404: "no such model, job or route",
+    404: "no such model, job, worker, device or route",
     408: "the request's headers or body did not arrive in time (the connection is closed)",
-    409: "the Idempotency-Key was used for a different request",
+    409: "the Idempotency-Key was used for a different request; or the action conflicts "
+         "with the cluster's state (model_pinned, device_mask_overlap)",
     413: "the body is over the size limit",
     429: "rate limited, or the tenant's quota is exhausted",
     499: "the job was cancelled while the request waited for it",
     500: "an internal error",
+    501: "the orchestrator does not implement this yet (code unimplemented)",
     503: "the orchestrator, or capacity for this model, is unavailable; retry later",
     504: "the job's deadline passed",
 }
 # Any route that calls the orchestrator can meet these.
 UPSTREAM = (401, 403, 429, 500, 503, 504)
-GENERATION = (400, 404, 408, 409, 413, 499, *UPSTREAM)
-assert {status for status, _ in HTTP_STATUS.values()} <= set(_WHY)
+# Any route that reads a body: bad, slow, too large, or abandoned while sent.
+BODY = (400, 408, 413, 499)
+GENERATION = (*BODY, 404, 409, *UPSTREAM)
+# /v2/cluster and /v2/admin: an orchestrator may not implement the RPC (yet).
+ADMIN = (*UPSTREAM, 501)
+assert {status for status, _ in (*HTTP_STATUS.values(), *GATEWAY_STATUS.values())} <= set(_WHY)
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -286,6 +292,199 @@ class Task(_Doc):
     existing: bool | None = None
 
 
+class TaskList(_Doc):
+    """GET /v2/tasks: jobs the caller may see, in the orchestrator's order."""
+
+    data: list[Task]
+    next_page_token: str | None = Field(description="pass as page_token for the next "
+                                                    "page; null on the last one")
+
+
+# ---- /v2 cluster objects (gateway.v2.objects, docs/UI.md) ------------------------------
+
+
+class Info(_Doc):
+    mode: str = Field(description="home, lab or platform")
+    version: str = Field(description="llama-orch's version")
+    policy_editable: bool = Field(description="false in platform mode, where only the "
+                                              "built-in scheduling policy runs")
+
+
+class Device(_Doc):
+    id: str
+    index: int
+    kind: str = Field(description="gpu, cpu or simulated")
+    name: str
+    memory_total_bytes: int
+    memory_used_bytes: int
+    memory_free_bytes: int
+    utilization_percent: float
+    temperature_c: float
+
+
+class Inventory(_Doc):
+    devices: list[Device]
+    nvml_status: str
+    hostname: str
+    cpu_count: int
+    ram_total_bytes: int
+    ram_available_bytes: int
+    engines: list[str]
+    driver_version: str
+
+
+class Worker(_Doc):
+    worker_id: str
+    pool_id: str
+    model_ref: str
+    engine: str
+    device_ids: list[str]
+    state: str = Field(description="starting, ready, busy, draining, stopping, stopped "
+                                   "or failed")
+    endpoint: str | None
+    device_bytes: dict[str, int] = Field(description="bytes held on each device, by id")
+    pid: int
+    started_at: str | None
+    active_jobs: int
+    slots: int
+    engine_version: str | None
+    model_digest: str | None
+    last_used_at: str | None
+
+
+class ModelResidency(_Doc):
+    model_ref: str
+    cached: bool = Field(description="on the pool's disk")
+    preloaded: bool = Field(description="held in the pool's RAM")
+    size_bytes: int
+    last_used_at: str | None
+
+
+class Pool(_Doc):
+    pool_id: str
+    state: str = Field(description="joining, available, draining or unavailable")
+    inventory: Inventory
+    workers: list[Worker]
+    last_heartbeat: str | None
+    address: str | None
+    models: list[ModelResidency]
+    version: str | None
+    provider_id: str | None
+
+
+class CatalogModel(_Doc):
+    id: str
+    ref: str
+    aliases: list[str]
+    context_length: int
+    engine: str
+    created: int
+    owned_by: str
+    size_bytes: int
+    memory_estimate_bytes: int
+    device_count: int
+    pinned_device_ids: list[str]
+    supports_logprobs: bool
+    supports_penalties: bool
+
+
+class Pin(_Doc):
+    model_ref: str
+    pool_id: str
+    device_ids: list[str]
+    created_at: str | None
+
+
+class QueueDepth(_Doc):
+    priority: str = Field(description="interactive or batch")
+    depth: int
+
+
+class Cluster(_Doc):
+    """GET /v2/cluster: one snapshot of the cluster (ClientService.GetClusterSnapshot)."""
+
+    fact_id: int | None = Field(description="the last fact the snapshot includes; null "
+                                            "while the orchestrator does not say")
+    time: str | None
+    mode: str
+    pools: list[Pool]
+    queue: list[QueueDepth]
+    models: list[CatalogModel]
+    pins: list[Pin] | None = Field(description="null while the orchestrator does not say")
+    active_jobs: list[Task]
+
+
+class PinReply(_Doc):
+    pin: Pin
+
+
+class WorkerReply(_Doc):
+    worker: Worker
+
+
+class PoolReply(_Doc):
+    pool: Pool
+
+
+class Done(_Doc):
+    """`{}`: the orchestrator did it; the change arrives as facts (GET /v2/events)."""
+
+
+class PolicyVersion(_Doc):
+    version: int
+    language: str = Field(description="builtin (source empty) or lua")
+    source: str
+    created_at: str | None
+    author: str | None
+    active: bool
+
+
+class PolicyState(_Doc):
+    active: PolicyVersion
+    editable: bool = Field(description="false in platform mode")
+    mode: str
+
+
+class PolicyVersions(_Doc):
+    versions: list[PolicyVersion]
+
+
+class PolicyProblem(_Doc):
+    line: int = Field(description="1-based; 0: no line")
+    message: str
+
+
+class PolicyCheck(_Doc):
+    """An invalid policy is a 200 with `ok` false and its problems."""
+
+    ok: bool
+    problems: list[PolicyProblem]
+
+
+class Decision(_Doc):
+    action: str = Field(description="dispatch, start_worker, stop_worker, preload, "
+                                    "evict_model or wait")
+    job_id: str | None
+    worker_id: str | None
+    pool_id: str | None
+    model_ref: str | None
+    device_ids: list[str]
+    reason: str | None
+    rejected: str | None = Field(description="the validator's refusal, or null")
+
+
+class DryRun(_Doc):
+    policy_decisions: list[Decision]
+    builtin_decisions: list[Decision]
+    problems: list[PolicyProblem]
+    policy_ms: float
+    builtin_ms: float
+
+
+class ActivePolicy(_Doc):
+    active: PolicyVersion
+
+
 # ---- operations ----------------------------------------------------------------------
 
 
@@ -312,14 +511,14 @@ RESUME = [header("Last-Event-ID", "resume after this event id (a decimal uint64)
 
 def operation(*, ok: type[BaseModel] | None = None, body: type[BaseModel] | None = None,
               status: int = 200, also: tuple[int, ...] = (), errors: tuple[int, ...] = UPSTREAM,
-              stream: dict[str, Any] | None = None,
+              stream: dict[str, Any] | None = None, body_optional: bool = False,
               parameters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Keyword arguments for a route decorator: its document beyond the path.
 
     ok: the success body's model, answered with `status` (and the `also` statuses);
     stream: the success is (or may be, with `ok`) text/event-stream, each event as
-    this schema (`sse(...)`); body: the request model; parameters: headers and query
-    parameters the route reads itself."""
+    this schema (`sse(...)`); body: the request model (`body_optional`: no body at
+    all is `{}`); parameters: headers and query parameters the route reads itself."""
     content: dict[str, Any] = {}
     if stream:
         content["text/event-stream"] = {"schema": stream}
@@ -330,7 +529,7 @@ def operation(*, ok: type[BaseModel] | None = None, body: type[BaseModel] | None
         success["content"] = content
     extra: dict[str, Any] = {}
     if body is not None:
-        extra["requestBody"] = {"required": True,
+        extra["requestBody"] = {"required": not body_optional,
                                 "content": {"application/json": {"schema": ref(body)}}}
     if parameters:
         extra["parameters"] = parameters

@@ -1,8 +1,10 @@
-"""The gateway's one chokepoint for orchestrator RPCs (llama_orch.v1.ClientService).
+"""The gateway's one chokepoint for orchestrator RPCs (llama_orch.v1.ClientService,
+and AdminService for /v2/admin).
 
 Every call passes through here so that metadata (correlation id, the caller's
 credentials, idempotency key) is attached in one place and every gRPC failure leaves
-as an `OrchError` with its stable code. Routes never see grpc or its exceptions.
+as an `OrchError` with its stable code (gRPC UNIMPLEMENTED: gateway.errors.Unimplemented).
+Routes never see grpc or its exceptions.
 """
 
 from __future__ import annotations
@@ -12,13 +14,34 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import grpc
-from llama_orch.v1 import client_pb2, client_pb2_grpc, common_pb2, events_pb2
+from google.protobuf.message import Message
+from llama_orch.v1 import admin_pb2_grpc, client_pb2, client_pb2_grpc, common_pb2, events_pb2
 
 from common.errors import OrchError
+from gateway.errors import Unimplemented
+
+
+def _error(err: grpc.aio.AioRpcError) -> OrchError:
+    """The failed call's OrchError. The orchestrator's `retry-after` hint (trailing
+    metadata of RATE_LIMITED, whole seconds) rides along as `retry_after`, which
+    gateway.errors sends as the Retry-After header. An RPC the orchestrator does not
+    implement (yet) is `Unimplemented` (501)."""
+    if err.code() is grpc.StatusCode.UNIMPLEMENTED:
+        return Unimplemented(err.details() or "the orchestrator does not implement this")
+    error = OrchError.from_rpc_error(err)
+    for key, value in err.trailing_metadata() or ():
+        value = value if isinstance(value, str) else value.decode(errors="replace")
+        if key == "retry-after" and value.isdigit():
+            error.retry_after = value
+    return error
+
 
 # Unary lookups are cheap; a hung orchestrator must not hang an HTTP client forever.
 # Generate has no gRPC deadline: the job's own deadline (JobSpec.deadline_ms) governs.
 UNARY_TIMEOUT_S = 10.0
+# Admin actions answer once the pools have carried them out: a preload reads the
+# model's files (downloading them first if need be), a stop waits out the worker's grace.
+ADMIN_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -109,6 +132,7 @@ class OrchestratorClient:
     def __init__(self, channel: grpc.aio.Channel):
         self.channel = channel
         self._stub = client_pb2_grpc.ClientServiceStub(channel)
+        self._admin = admin_pb2_grpc.AdminServiceStub(channel)
 
     async def list_models(self, caller: Caller) -> list[common_pb2.ModelInfo]:
         reply = await self._unary(self._stub.ListModels, client_pb2.ListModelsRequest(), caller)
@@ -140,7 +164,7 @@ class OrchestratorClient:
         try:
             msg = await call.read()
         except grpc.aio.AioRpcError as err:
-            raise OrchError.from_rpc_error(err) from None
+            raise _error(err) from None
         except asyncio.CancelledError:
             call.cancel()
             raise
@@ -170,6 +194,21 @@ class OrchestratorClient:
                                   client_pb2.CancelJobRequest(job_id=job_id), caller)
         return reply.job
 
+    async def list_jobs(self, statuses: Sequence[int], page_size: int, page_token: str,
+                        caller: Caller) -> client_pb2.ListJobsResponse:
+        return await self._unary(self._stub.ListJobs, client_pb2.ListJobsRequest(
+            statuses=statuses, page_size=page_size, page_token=page_token), caller)
+
+    async def cluster_snapshot(self, caller: Caller) -> client_pb2.GetClusterSnapshotResponse:
+        return await self._unary(self._stub.GetClusterSnapshot,
+                                 client_pb2.GetClusterSnapshotRequest(), caller)
+
+    async def admin(self, rpc: str, request: Message, caller: Caller, *,
+                    timeout: float = UNARY_TIMEOUT_S) -> Message:
+        """AdminService.<rpc>(request), e.g. admin("PinModel", PinModelRequest(...)).
+        The caller's Authorization goes along: the orchestrator decides who may."""
+        return await self._unary(getattr(self._admin, rpc), request, caller, timeout=timeout)
+
     def stream_job(self, job_id: str, after_seq: int, caller: Caller) -> ServerStream:
         """A job's events with seq > after_seq. Ending the stream leaves the job alone."""
         call = self._stub.StreamJob(
@@ -196,9 +235,10 @@ class OrchestratorClient:
         except asyncio.TimeoutError:
             raise OrchError("UNAVAILABLE", "the orchestrator is not reachable") from None
 
-    async def _unary(self, method, request, caller: Caller):
+    async def _unary(self, method, request, caller: Caller, *,
+                     timeout: float = UNARY_TIMEOUT_S):
         await self._ready()
         try:
-            return await method(request, metadata=caller.metadata(), timeout=UNARY_TIMEOUT_S)
+            return await method(request, metadata=caller.metadata(), timeout=timeout)
         except grpc.aio.AioRpcError as err:
-            raise OrchError.from_rpc_error(err) from None
+            raise _error(err) from None

@@ -14,6 +14,12 @@ the same as inside every HTTP error body.
     event   job_id seq time + the fields of its kind (see `event_object`)
     fact    id time kind code level component correlation_id message job_id pool_id
             worker_id model_ref attributes
+    pool    pool_id state inventory workers last_heartbeat address models version
+            provider_id (`pool_object`; with its devices, workers and model residency)
+    model   id ref aliases context_length engine created owned_by size_bytes
+            memory_estimate_bytes device_count pinned_device_ids supports_logprobs
+            supports_penalties (the catalog's entry; /v1/models shows less)
+    pin, policy version, decision, policy problem: see their functions
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from urllib.parse import quote
 
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
-from llama_orch.v1 import common_pb2, errors_pb2, events_pb2
+from llama_orch.v1 import admin_pb2, common_pb2, errors_pb2, events_pb2
 
 from common.errors import OrchError
 from gateway.errors import error_body
@@ -185,3 +191,92 @@ def _whole_numbers(value: Any) -> Any:
     if isinstance(value, list):
         return [_whole_numbers(v) for v in value]
     return value
+
+
+# ---- the cluster (GET /v2/cluster, /v2/admin) -------------------------------------------
+
+
+def _float(value: float) -> float:
+    # float32 on the wire: 37.5 stays 37.5, 0.1 is 0.1 rather than 0.10000000149011612.
+    return round(value, 3)
+
+
+def device_object(d: common_pb2.Device) -> dict[str, Any]:
+    return {"id": d.id, "index": d.index,
+            "kind": enum_name(common_pb2.DeviceKind, d.kind, "DEVICE_KIND_"), "name": d.name,
+            "memory_total_bytes": d.memory_total_bytes,
+            "memory_used_bytes": d.memory_used_bytes,
+            "memory_free_bytes": d.memory_free_bytes,
+            "utilization_percent": _float(d.utilization_percent),
+            "temperature_c": _float(d.temperature_c)}
+
+
+def inventory_object(inv: common_pb2.Inventory) -> dict[str, Any]:
+    return {"devices": [device_object(d) for d in inv.devices],
+            "nvml_status": inv.nvml_status, "hostname": inv.hostname,
+            "cpu_count": inv.cpu_count, "ram_total_bytes": inv.ram_total_bytes,
+            "ram_available_bytes": inv.ram_available_bytes, "engines": list(inv.engines),
+            "driver_version": inv.driver_version}
+
+
+def worker_object(w: common_pb2.WorkerInfo) -> dict[str, Any]:
+    """`device_bytes`: bytes the worker holds on each device, by device id."""
+    return {"worker_id": w.worker_id, "pool_id": w.pool_id, "model_ref": w.model_ref,
+            "engine": w.engine, "device_ids": list(w.device_ids),
+            "state": enum_name(common_pb2.WorkerState, w.state, "WORKER_STATE_"),
+            "endpoint": w.endpoint or None, "device_bytes": dict(w.device_bytes),
+            "pid": w.pid, "started_at": iso(w.started_at), "active_jobs": w.active_jobs,
+            "slots": w.slots, "engine_version": w.engine_version or None,
+            "model_digest": w.model_digest or None, "last_used_at": iso(w.last_used_at)}
+
+
+def residency_object(r: common_pb2.ModelResidency) -> dict[str, Any]:
+    return {"model_ref": r.model_ref, "cached": r.cached, "preloaded": r.preloaded,
+            "size_bytes": r.size_bytes, "last_used_at": iso(r.last_used_at)}
+
+
+def pool_object(p: common_pb2.PoolInfo) -> dict[str, Any]:
+    return {"pool_id": p.pool_id,
+            "state": enum_name(common_pb2.PoolState, p.state, "POOL_STATE_"),
+            "inventory": inventory_object(p.inventory),
+            "workers": [worker_object(w) for w in p.workers],
+            "last_heartbeat": iso(p.last_heartbeat), "address": p.address or None,
+            "models": [residency_object(r) for r in p.models],
+            "version": p.version or None, "provider_id": p.provider_id or None}
+
+
+def model_info_object(m: common_pb2.ModelInfo) -> dict[str, Any]:
+    return {"id": m.id, "ref": m.ref, "aliases": list(m.aliases),
+            "context_length": m.context_length, "engine": m.engine,
+            "created": m.created.seconds, "owned_by": m.owned_by, "size_bytes": m.size_bytes,
+            "memory_estimate_bytes": m.memory_estimate_bytes, "device_count": m.device_count,
+            "pinned_device_ids": list(m.pinned_device_ids),
+            "supports_logprobs": m.supports_logprobs,
+            "supports_penalties": m.supports_penalties}
+
+
+def pin_object(pin: admin_pb2.Pin) -> dict[str, Any]:
+    return {"model_ref": pin.model_ref, "pool_id": pin.pool_id,
+            "device_ids": list(pin.device_ids), "created_at": iso(pin.created_at)}
+
+
+# ---- the scheduling policy (/v2/admin/policy) -------------------------------------------
+
+
+def policy_version_object(v: admin_pb2.PolicyVersion) -> dict[str, Any]:
+    """`language` "builtin" (with `source` "") or "lua"."""
+    return {"version": v.version, "language": v.language, "source": v.source,
+            "created_at": iso(v.created_at), "author": v.author or None, "active": v.active}
+
+
+def problem_object(p: admin_pb2.PolicyProblem) -> dict[str, Any]:
+    """`line` is 1-based; 0 when the problem has no line."""
+    return {"line": p.line, "message": p.message}
+
+
+def decision_object(d: admin_pb2.Decision) -> dict[str, Any]:
+    """`rejected` is the validator's refusal of the decision, or null."""
+    return {"action": d.action, "job_id": d.job_id or None, "worker_id": d.worker_id or None,
+            "pool_id": d.pool_id or None, "model_ref": d.model_ref or None,
+            "device_ids": list(d.device_ids), "reason": d.reason or None,
+            "rejected": d.rejected or None}

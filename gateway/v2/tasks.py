@@ -1,5 +1,8 @@
 """The native task API, thin over ClientService:
 
+    GET    /v2/tasks                ListJobs   200 {"data": [job], "next_page_token"}
+                                               ?status= (repeat, or commas), ?page_size=
+                                               (1..500, default 100), ?page_token=
     POST   /v2/tasks                Submit     202 job (+ "existing": false), Location
                                                200 job (+ "existing": true) when the
                                                Idempotency-Key matched an earlier
@@ -20,9 +23,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from llama_orch.v1 import events_pb2
+from llama_orch.v1 import common_pb2, events_pb2
 
-from common.errors import OrchError
+from common.errors import InvalidInput, OrchError
 from gateway import openapi, sse
 from gateway.body import read_model
 from gateway.middleware import caller_of, idempotency_key
@@ -40,6 +43,49 @@ def _client(request: Request) -> OrchestratorClient:
 
 def _job(request: Request, job: Any) -> dict[str, Any]:
     return job_object(job, request.scope.get("root_path", ""))
+
+
+MAX_PAGE = 500
+_STATUSES = {name.removeprefix("JOB_STATUS_").lower(): value
+             for name, value in common_pb2.JobStatus.items() if value}
+
+
+def _statuses(values: list[str]) -> list[int]:
+    out: list[int] = []
+    for item in (i.strip() for v in values for i in v.split(",")):
+        if not item:
+            continue
+        if item.lower() not in _STATUSES:
+            raise InvalidInput("INVALID_ARGUMENT", f"status: unknown job status {item[:40]!r} "
+                               f"(one of {', '.join(_STATUSES)})", param="status")
+        out.append(_STATUSES[item.lower()])
+    return out
+
+
+def _page_size(value: str | None) -> int:
+    if value is None:
+        return 100
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_PAGE:
+        raise InvalidInput("INVALID_ARGUMENT", f"page_size must be an integer from 1 to "
+                           f"{MAX_PAGE}", param="page_size")
+    return int(value)
+
+
+@router.get("/v2/tasks", **openapi.operation(
+    ok=openapi.TaskList, errors=(400, *openapi.ADMIN), parameters=[
+        openapi.query("status", "keep jobs with this status (repeat, or separate with "
+                      "commas): queued, dispatched, running, succeeded, failed, cancelled"),
+        {**openapi.query("page_size", "jobs per page (default 100)"),
+         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}},
+        openapi.query("page_token", "next_page_token of the page before")]))
+async def list_tasks(request: Request) -> dict[str, Any]:
+    """The jobs the caller may see, in the orchestrator's order (oldest first)."""
+    q = request.query_params
+    reply = await _client(request).list_jobs(
+        _statuses(q.getlist("status")), _page_size(q.get("page_size")),
+        q.get("page_token", ""), caller_of(request))
+    return {"data": [_job(request, j) for j in reply.jobs],
+            "next_page_token": reply.next_page_token or None}
 
 
 @router.post("/v2/tasks", **openapi.operation(

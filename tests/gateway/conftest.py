@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 import uvicorn
-from llama_orch.v1 import client_pb2_grpc
+from llama_orch.v1 import admin_pb2_grpc, client_pb2_grpc
 
 from common.grpc_server import Server
 from gateway import server as gateway_server
@@ -25,8 +25,9 @@ from tests.gateway.scripted_orchestrator import ScriptedOrchestrator
 @pytest.fixture
 async def orchestrator() -> AsyncIterator[ScriptedOrchestrator]:
     servicer = ScriptedOrchestrator()
-    server = Server(["llama_orch.v1.ClientService"])
+    server = Server(["llama_orch.v1.ClientService", "llama_orch.v1.AdminService"])
     client_pb2_grpc.add_ClientServiceServicer_to_server(servicer, server.grpc)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(servicer.admin, server.grpc)
     port = server.bind("127.0.0.1:0")
     await server.start()
     servicer.address = f"127.0.0.1:{port}"

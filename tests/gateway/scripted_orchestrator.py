@@ -18,6 +18,11 @@ metadata) and whether a streaming call was cancelled.
     CancelJob   marks an unfinished job cancelled; a finished one is returned as is
     WatchFacts  plays `facts` filtered by kinds, job_id and after_id, as the
                 orchestrator filters them
+    ListJobs    `jobs` filtered by status, in pages of page_size (token: the offset)
+    GetClusterSnapshot  `snapshot` (tests/gateway/scripted_admin.py), or
+                `snapshot_error`
+
+Its AdminService is `admin` (tests/gateway/scripted_admin.py), over the same models.
 
 `HOLD` in a script or in `facts` means: stop here and wait until the caller cancels;
 `PAUSE` in a script: wait until the test sets `resume`; an OrchError in a script ends
@@ -35,6 +40,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from llama_orch.v1 import client_pb2, client_pb2_grpc, common_pb2, errors_pb2, events_pb2
 
 from common.errors import OrchError, code_value
+from tests.gateway.scripted_admin import ScriptedAdmin, cluster_snapshot
 
 JOB_ID = "job-0001"
 CREATED = 1_700_000_000
@@ -152,6 +158,18 @@ class ScriptedOrchestrator(client_pb2_grpc.ClientServiceServicer):
     watch_requests: list[client_pb2.WatchFactsRequest] = field(default_factory=list)
     cancel_requests: list[str] = field(default_factory=list)
     idempotency: dict[str, str] = field(default_factory=dict)
+    snapshot: client_pb2.GetClusterSnapshotResponse | None = None
+    snapshot_error: OrchError | None = None
+    list_requests: list[client_pb2.ListJobsRequest] = field(default_factory=list)
+    admin: ScriptedAdmin | None = None
+
+    def __post_init__(self) -> None:
+        if self.snapshot is None:
+            queued_job = job_record("job-q", common_pb2.JOB_STATUS_QUEUED,
+                                    waiting_reason="no ready worker")
+            self.snapshot = cluster_snapshot(self.models, [queued_job])
+        if self.admin is None:
+            self.admin = ScriptedAdmin(self.models)
 
     def _record(self, context: grpc.aio.ServicerContext) -> None:
         self.metadata.append({k: v for k, v in context.invocation_metadata()})
@@ -284,3 +302,20 @@ class ScriptedOrchestrator(client_pb2_grpc.ClientServiceServicer):
         except asyncio.CancelledError:
             self.cancelled.set()
             raise
+
+    async def ListJobs(self, request, context):
+        self._record(context)
+        self.list_requests.append(request)
+        wanted = set(request.statuses)
+        jobs = [j for j in self.jobs.values() if not wanted or j.status in wanted]
+        # As the orchestrator: a token that is not an offset starts from the beginning.
+        start = int(request.page_token) if request.page_token.isdigit() else 0
+        end = start + (request.page_size or 100)
+        return client_pb2.ListJobsResponse(jobs=jobs[start:end],
+                                           next_page_token=str(end) if end < len(jobs) else "")
+
+    async def GetClusterSnapshot(self, request, context):
+        self._record(context)
+        if self.snapshot_error is not None:
+            await self.snapshot_error.abort(context)
+        return self.snapshot

@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from common.errors import OrchError
-from gateway.errors import HTTP_STATUS, status_of
+from gateway.errors import GATEWAY_STATUS, HTTP_STATUS, Unimplemented, error_body, status_of
 
 CHAT = "/v1/chat/completions"
 TEXT = "/v1/completions"
@@ -230,7 +230,10 @@ ADMISSION = {
     "unavailable": ("UNAVAILABLE", "", 503, "server_error"),
     "deadline": ("DEADLINE_EXCEEDED", "", 504, "timeout"),
     "internal": ("INTERNAL", "", 500, "server_error"),
-    "unmapped-code": ("MODEL_PINNED", "", 500, "server_error"),
+    "model-pinned": ("MODEL_PINNED", "model", 409, "invalid_request_error"),
+    "device-not-found": ("DEVICE_NOT_FOUND", "device_ids", 404, "invalid_request_error"),
+    "pool-unavailable": ("POOL_UNAVAILABLE", "pool_id", 503, "server_error"),
+    "unmapped-code": ("CHECKSUM_MISMATCH", "", 500, "server_error"),
 }
 
 
@@ -268,6 +271,10 @@ async def test_unknown_route_and_method_are_openai_errors(client):
     assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found")
     r = await client.get(CHAT)
     assert (r.status_code, r.json()["error"]["code"]) == (405, "method_not_allowed")
+    # Every method of the path, though FastAPI keeps each router as one route.
+    assert r.headers["allow"] == "POST"
+    r = await client.put("/v2/tasks/job-1")
+    assert (r.status_code, r.headers["allow"]) == (405, "DELETE, GET")
 
 
 async def test_openai_client_sees_the_status_classes(openai_client, orchestrator):
@@ -285,3 +292,20 @@ def test_every_mapped_code_is_a_stable_code():
         OrchError(code, "x")  # raises for a code errors.proto does not define
     assert status_of("NO_SUCH_CODE") == (500, "server_error")
     json.dumps(HTTP_STATUS)
+
+
+def test_the_gateway_codes_are_not_stable_codes():
+    # A stable code of the same name would make two meanings for one code.
+    for code in GATEWAY_STATUS:
+        with pytest.raises(ValueError):
+            OrchError(code, "x")
+    assert not set(GATEWAY_STATUS) & set(HTTP_STATUS)
+
+
+def test_unimplemented_is_501_with_its_own_code():
+    err = Unimplemented("AdminService/DrainPool is not implemented")
+    assert status_of(err.code) == (501, "server_error")
+    assert error_body(err) == {"error": {"message": "AdminService/DrainPool is not implemented",
+                                         "type": "server_error", "param": None,
+                                         "code": "unimplemented"}}
+    assert not err.retryable

@@ -20,12 +20,12 @@ from collections.abc import Iterator
 
 import pytest
 import schemathesis
-from llama_orch.v1 import client_pb2_grpc
+from llama_orch.v1 import admin_pb2_grpc, client_pb2_grpc
 from schemathesis.config import SchemathesisConfig
 
 from common.grpc_server import Server
 from gateway.app import create_app
-from gateway.openapi import GENERATION, UPSTREAM
+from gateway.openapi import BODY, UPSTREAM
 from tests.gateway.conftest import served
 from tests.gateway.scripted_orchestrator import ScriptedOrchestrator, job_record, model
 
@@ -63,9 +63,13 @@ schema = schemathesis.openapi.from_dict(_document(), config=CONFIG)
 
 
 class EverythingExists(ScriptedOrchestrator):
-    """Every model and every job the generated requests name exists, so that success
-    responses (and their schemas) are exercised, not only 404s; the 404s have their
-    own tests."""
+    """Every model and every job the generated requests name exists, and so does every
+    model, pool and worker an admin route names, so that success responses (and their
+    schemas) are exercised, not only 404s; the 404s have their own tests."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.admin.lenient = True
 
     async def GetModel(self, request, context):
         if request.model not in {m.id for m in self.models}:
@@ -91,8 +95,9 @@ class BackgroundGateway:
     async def _main(self) -> None:
         self._stop = asyncio.Event()
         servicer = EverythingExists()
-        grpc_server = Server(["llama_orch.v1.ClientService"])
+        grpc_server = Server(["llama_orch.v1.ClientService", "llama_orch.v1.AdminService"])
         client_pb2_grpc.add_ClientServiceServicer_to_server(servicer, grpc_server.grpc)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(servicer.admin, grpc_server.grpc)
         port = grpc_server.bind("127.0.0.1:0")
         await grpc_server.start()
         try:
@@ -135,7 +140,15 @@ def test_request_bodies_are_the_validating_models():
               for path, ops in doc["paths"].items() if "post" in ops}
     assert bodies == {"/v1/chat/completions": "#/components/schemas/ChatCompletionRequest",
                       "/v1/completions": "#/components/schemas/CompletionRequest",
-                      "/v2/tasks": "#/components/schemas/TaskRequest"}
+                      "/v2/tasks": "#/components/schemas/TaskRequest",
+                      "/v2/admin/pins": "#/components/schemas/PinRequest",
+                      "/v2/admin/models/{model}:preload": "#/components/schemas/PreloadRequest",
+                      "/v2/admin/models/{model}:evict": "#/components/schemas/EvictRequest",
+                      "/v2/admin/workers": "#/components/schemas/StartWorkerRequest",
+                      "/v2/admin/pools/{pool_id}:drain": "#/components/schemas/DrainRequest",
+                      "/v2/admin/policy:validate": "#/components/schemas/PolicySource",
+                      "/v2/admin/policy:dry-run": "#/components/schemas/PolicySource",
+                      "/v2/admin/policy:activate": "#/components/schemas/ActivateRequest"}
     schemas = doc["components"]["schemas"]
     assert schemas["ChatCompletionRequest"]["required"] == ["model", "messages"]
     assert schemas["ChatMessage"]["properties"]["role"]["enum"] == [
@@ -156,7 +169,7 @@ def test_every_operation_documents_its_errors_as_openai_bodies():
         for method, op in ops.items():
             responses = op["responses"]
             assert "422" not in responses, (method, path)
-            expected = GENERATION if method == "post" else UPSTREAM
+            expected = (*BODY, *UPSTREAM) if method == "post" else UPSTREAM
             assert {str(s) for s in expected} <= set(responses), (method, path)
             for status, response in responses.items():
                 if status.startswith(("4", "5")):
@@ -176,6 +189,17 @@ def test_success_responses_name_their_objects():
     assert chat["application/json"]["schema"]["$ref"].endswith("/ChatCompletion")
     assert "text/event-stream" in chat
     assert ok("/v2/tasks", "post", "202")["application/json"]["schema"]["$ref"].endswith("/Task")
+    assert ok("/v2/cluster", "get")["application/json"]["schema"]["$ref"].endswith("/Cluster")
+    assert ok("/v2/admin/workers", "post", "201")["application/json"]["schema"]["$ref"] \
+        .endswith("/WorkerReply")
+
+
+def test_admin_routes_document_501_and_their_refusals():
+    paths = _document()["paths"]
+    assert "501" in paths["/v2/admin/pools/{pool_id}:drain"]["post"]["responses"]
+    assert "409" in paths["/v2/admin/models/{model}:evict"]["post"]["responses"]
+    assert not paths["/v2/admin/models/{model}:preload"]["post"]["requestBody"]["required"]
+    assert paths["/v2/admin/pins"]["post"]["requestBody"]["required"]
 
 
 async def test_the_app_serves_its_document(client):

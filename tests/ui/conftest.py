@@ -61,7 +61,9 @@ def dist() -> Path:
     return DIST
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an asyncio loop running in this
+# thread while it is open, which would break every later test that runs its own loop.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     exe = chromium_path()
     need(exe is not None, "Chromium is not installed (run tools/install_chromium.sh)")
