@@ -16,9 +16,13 @@ incrementally (a registry.FleetIndex fed only the views that changed, then
 snapshot.assemble, as the orchestrator does now); every 10th cycle asserts the two are
 equal, and decide() runs on the incremental one. With --slots N every worker runs up to N jobs
 at once (continuous batching: a BUSY worker runs N, a READY one fewer; a fact ends one
-job), so a cycle may send one worker several jobs. Prints JSON; with --write updates the
-section of docs/BENCHMARKS.md between its markers. No timing assertions (it only
-checks that the validator accepts every decision).
+job), so a cycle may send one worker several jobs. With --tenants N it runs platform
+mode (quotas at scheduling time, tenant-exclusive workers): jobs belong to N tenants at
+random, every other tenant may run at most its share of half the slots at once, one is
+out of token budget, and a worker runs one tenant's jobs at a time. Prints JSON; with
+--write updates the section of docs/BENCHMARKS.md between its markers (without
+--tenants only). No timing assertions (it only checks that the validator accepts every
+decision).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from bench.report import write_section  # noqa: E402
 
 from orchestrator.estimates import ModelEstimate  # noqa: E402
 from orchestrator.queue_index import QueueIndex  # noqa: E402
+from orchestrator.quota import TenantLimits  # noqa: E402
 from orchestrator.registry import FleetIndex  # noqa: E402
 from orchestrator.scheduler import decide  # noqa: E402
 from orchestrator.snapshot import (DeviceView, Dispatch, JobView, PoolView, StartWorker,  # noqa: E402
@@ -68,9 +73,15 @@ class Cluster:
     state a real loop would: started workers hold memory, stopped ones release it."""
 
     def __init__(self, rng: random.Random, pools: int, devices: int, models: int, jobs: int,
-                 slots: int = 1):
+                 slots: int = 1, tenants: int = 0):
         self.rng = rng
         self.slots = slots
+        self.tenants = [f"t-{i:03d}" for i in range(tenants)]
+        share = max(1, pools * devices * slots // (2 * max(1, tenants)))
+        self.limits = {t: TenantLimits(max_concurrent_jobs=share) for t in self.tenants[::2]}
+        if tenants > 1:
+            self.limits[self.tenants[1]] = TenantLimits(token_budget=1000, credit_tokens=0)
+        self.tenancy = {"tenancy": True, "tenants": self.limits} if tenants else {}
         self.models = [f"hf:org/model-{i}@rev::file=m.gguf" for i in range(models)]
         single = models - 5
         self.mem = {m: (rng.choice([56, 60, 64, 68, 72]) if i < single - 5 else 16) * GIB
@@ -95,7 +106,8 @@ class Cluster:
                 active = (slots if phase is WorkerPhase.BUSY else
                           rng.randrange(slots) if slots > 1 and phase is WorkerPhase.READY else 0)
                 w = WorkerView(f"w-{p}-{d}", pid, m, phase, (f"gpu{d}",),
-                               rng.random() * 100, self.mem[m], slots, active)
+                               rng.random() * 100, self.mem[m], slots, active,
+                               rng.choice(self.tenants) if active and self.tenants else "")
                 self.put(w)
                 self.free[pid][f"gpu{d}"] = 80 * GIB - self.mem[m]
             self.refresh(pid)
@@ -127,14 +139,15 @@ class Cluster:
         self.upkeep_ns += time.perf_counter_ns() - t
 
     def snapshot(self):
-        return assemble(self.index, self.fleet.facts(), self.now, estimates=self.estimates)
+        return assemble(self.index, self.fleet.facts(), self.now, estimates=self.estimates,
+                        **self.tenancy)
 
     def timed_snapshot(self) -> tuple:
         """The snapshot, with the time of fleet.facts() and of assemble() (ns)."""
         t0 = time.perf_counter_ns()
         fleet = self.fleet.facts()
         t1 = time.perf_counter_ns()
-        snap = assemble(self.index, fleet, self.now, estimates=self.estimates)
+        snap = assemble(self.index, fleet, self.now, estimates=self.estimates, **self.tenancy)
         return snap, t1 - t0, time.perf_counter_ns() - t1
 
     def new_job(self, model: str = "") -> JobView:
@@ -143,14 +156,16 @@ class Cluster:
         prio = Priority.INTERACTIVE if self.rng.random() < 0.3 else Priority.BATCH
         nb = self.now + self.rng.uniform(1, 60) if self.rng.random() < 0.05 else 0.0
         return JobView(f"job-{self.order}", m, prio, self.order, self.mem[m], self.tp[m],
-                       not_before=nb, attempts=1 if nb else 0)
+                       not_before=nb, attempts=1 if nb else 0,
+                       tenant_id=self.rng.choice(self.tenants) if self.tenants else "")
 
     def set(self, w: WorkerView, phase: WorkerPhase, last_used: float | None = None,
-            active: int | None = None) -> None:
+            active: int | None = None, tenant: str = "") -> None:
+        active = w.active if active is None else active
         self.put(WorkerView(
             w.worker_id, w.pool_id, w.model_ref, phase, w.device_ids,
             w.last_used if last_used is None else last_used, w.memory_bytes, w.slots,
-            w.active if active is None else active))
+            active, (tenant or w.tenant_id) if active else ""))
 
     def churn(self, fraction: float) -> None:
         """Facts arrive: a job ends (one per worker), starts finish, stops complete."""
@@ -175,7 +190,8 @@ class Cluster:
                 remove_us.append((time.perf_counter_ns() - t) / 1e3)
                 w = self.workers[d.worker_id]
                 full = w.active + 1 >= w.slots
-                self.set(w, WorkerPhase.BUSY if full else WorkerPhase.READY, self.now, w.active + 1)
+                self.set(w, WorkerPhase.BUSY if full else WorkerPhase.READY, self.now, w.active + 1,
+                         gone.tenant_id)
                 job = self.new_job(gone.model_ref)  # keeps each model's backlog steady
                 t = time.perf_counter_ns()
                 self.index.add(job)
@@ -196,10 +212,10 @@ class Cluster:
                 counts["wait"] += 1
 
 
-def run(cycles: int, seed: int, slots: int = 1) -> dict:
+def run(cycles: int, seed: int, slots: int = 1, tenants: int = 0) -> dict:
     rng = random.Random(seed)
     load_before = os.getloadavg()[0]
-    c = Cluster(rng, pools=125, devices=8, models=50, jobs=10_000, slots=slots)
+    c = Cluster(rng, pools=125, devices=8, models=50, jobs=10_000, slots=slots, tenants=tenants)
     decide_ms, decide_cpu_ms, build_ms, validate_ms, remove_us, add_us = [], [], [], [], [], []
     incremental_ms, upkeep_ms, facts_ms, assemble_ms = [], [], [], []
     counts = {"dispatch": 0, "start": 0, "stop": 0, "wait": 0}
@@ -215,7 +231,7 @@ def run(cycles: int, seed: int, slots: int = 1) -> dict:
         c.churn(0.03)
         t0 = time.perf_counter_ns()
         scratch = build_snapshot(c.index, c.workers.values(), c.pools.values(), c.now,
-                                 estimates=c.estimates)
+                                 estimates=c.estimates, **c.tenancy)
         t1 = time.perf_counter_ns()
         snap, facts_ns, assemble_ns = c.timed_snapshot()
         t2, c2 = time.perf_counter_ns(), time.thread_time_ns()
@@ -269,6 +285,7 @@ def run(cycles: int, seed: int, slots: int = 1) -> dict:
     bulk_remove = (time.perf_counter_ns() - t) / 1e3 / len(jobs)
     return {
         "workers": len(c.workers), "workers_by_phase": phases, "slots": slots,
+        "tenants": tenants,
         "pools": len(c.pools),
         "devices": len(c.pools) * 8, "models": len(c.models), "queued": len(c.index),
         "cycles": cycles, "decide_ms": stats(decide_ms), "decide_cpu_ms": stats(decide_cpu_ms),
@@ -340,11 +357,13 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--slots", type=int, default=1, help="jobs each worker runs at once")
+    parser.add_argument("--tenants", type=int, default=0,
+                        help="platform mode: jobs of this many tenants, with quotas")
     parser.add_argument("--write", action="store_true", help="update docs/BENCHMARKS.md")
     ns = parser.parse_args()
-    result = run(ns.cycles, ns.seed, ns.slots)
+    result = run(ns.cycles, ns.seed, ns.slots, ns.tenants)
     print(json.dumps(result, indent=2))
-    if ns.write:
+    if ns.write and not ns.tenants:
         write_section("decide", render(result))
 
 

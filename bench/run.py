@@ -5,8 +5,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["tiny_latency.py", "decide.py", "admissions.py", "submit.py", "worker_start.py",
-           "scale_sim.py", "mtls.py"]
+BENCHES = ["tiny_latency.py", "decide.py", "lua_decide.py", "admissions.py", "submit.py",
+           "worker_start.py", "scale_sim.py", "mtls.py"]
 
 for bench in BENCHES:
     subprocess.run([sys.executable, str(HERE / bench), "--write"], check=True)

@@ -11,6 +11,7 @@
                                              the orchestrator's PKI (docs/SECURITY.md)
     llama-orch tenants create|list ...       tenants, straight in the store (cli/keys.py)
     llama-orch keys create|list|revoke ...   API keys, likewise: bootstraps the first admin key
+    llama-orch usage export|earnings ...     billing exports and provider earnings (cli/usage.py)
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         elif cmd in ("keys", "tenants"):
             from cli.keys import main as keys_main
             return keys_main(args)
+        elif cmd == "usage":
+            from cli.usage import main as run
         elif cmd == "version":
             from importlib.metadata import version
             print(version("llama-orch"))

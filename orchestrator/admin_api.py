@@ -15,11 +15,17 @@ a client key gets PERMISSION_DENIED), and every call is audited unless the audit
 is off. Tenants and API keys live in the store; a key's secret is returned once, by
 CreateApiKey, and only its hash is kept. `llama-orch keys` / `llama-orch tenants`
 (cli/keys.py) write the same tables directly, to bootstrap the first admin key.
+SetQuota and AddCredit change the tenants table (each an AUDIT fact with the new
+values); ExportUsage and GetEarnings read the usage ledger (orchestrator/usage.py).
+The scheduler policy RPCs (GetPolicy ... ActivatePolicy) use orchestrator/policies.py:
+a policy that does not compile is POLICY_INVALID, any change in platform mode
+POLICY_FORBIDDEN; an activation is a POLICY_CHANGED fact and an AUDIT fact.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 
@@ -27,16 +33,20 @@ from google.protobuf import timestamp_pb2
 
 from common.errors import OrchError
 from llama_orch.v1 import admin_pb2, admin_pb2_grpc, events_pb2 as F, pool_link_pb2
-from orchestrator import auth
+from orchestrator import auth, policies, ratelimit, usage
 from orchestrator.client_api import unary
 from orchestrator.core import Orchestrator
+from orchestrator.lua_policy import PolicyProblem, decision_fields, dry_run, validate_source
 from orchestrator.registry import PoolRecord, WorkerRecord
 from orchestrator.store import DuplicateKey, Store, StoreError
-from orchestrator.store.store import ApiKeyRow, AuditRow, TenantRow
+from orchestrator.store.store import (ApiKeyRow, AuditRow, EarningRow, PolicyVersionRow, TenantRow,
+                                      UsageRow)
 
 _SCOPE_OF = {admin_pb2.API_KEY_SCOPE_CLIENT: "client", admin_pb2.API_KEY_SCOPE_ADMIN: "admin"}
 _SCOPE_PB = {v: k for k, v in _SCOPE_OF.items()}
 MAX_AUDIT_PAGE = 1000
+# ExportUsage answers in one message: a bigger period is refused (the CLI has no cap).
+MAX_EXPORT_RECORDS = 50_000
 
 
 def new_tenant_id() -> str:
@@ -55,7 +65,8 @@ def tenant_proto(row: TenantRow) -> admin_pb2.Tenant:
         created_at=_ts(row.created_at),
         quota=admin_pb2.Quota(max_concurrent_jobs=row.max_concurrent_jobs or 0,
                               max_vram_bytes=row.vram_ceiling_bytes or 0,
-                              token_budget=row.token_budget or 0, auto_refill=row.auto_refill))
+                              token_budget=row.token_budget or 0, auto_refill=row.auto_refill,
+                              submit_rate_per_second=row.submit_rate_per_second or 0.0))
 
 
 def key_proto(row: ApiKeyRow, secret: str = "") -> admin_pb2.ApiKey:
@@ -68,6 +79,45 @@ def audit_proto(row: AuditRow) -> admin_pb2.AuditEntry:
     return admin_pb2.AuditEntry(id=row.id, time=_ts(row.time), principal=row.principal,
                                 action=row.action, target=row.target, outcome=row.outcome,
                                 correlation_id=row.correlation_id)
+
+
+def usage_proto(row: UsageRow) -> admin_pb2.UsageRecord:
+    return admin_pb2.UsageRecord(
+        job_id=row.job_id, tenant_id=row.tenant_id, model_ref=row.model_ref,
+        pool_id=row.pool_id, provider_id=row.provider_id, prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens, duration_ms=row.duration_ms,
+        vram_seconds=row.vram_byte_seconds, finished_at=_ts(row.finished_at))
+
+
+def earning_proto(row: EarningRow) -> admin_pb2.Earning:
+    return admin_pb2.Earning(pool_id=row.pool_id, provider_id=row.provider_id,
+                             tokens=row.prompt_tokens + row.completion_tokens,
+                             vram_seconds=row.vram_byte_seconds, jobs=row.jobs)
+
+
+def _seconds(ts: timestamp_pb2.Timestamp) -> float:
+    return ts.seconds + ts.nanos / 1e9
+
+
+def _period(start: timestamp_pb2.Timestamp, end: timestamp_pb2.Timestamp) -> tuple[float, float]:
+    """[start, end) in epoch seconds; an unset start is the beginning, an unset end now."""
+    a, b = _seconds(start), _seconds(end)
+    if b and a >= b:
+        raise OrchError("INVALID_ARGUMENT", "the period is empty: start must be before end",
+                        param="start")
+    return a, b
+
+
+def _quota(q: admin_pb2.Quota) -> dict:
+    """A Quota message as tenants-table columns (0 = unlimited -> None)."""
+    rate = q.submit_rate_per_second
+    if not math.isfinite(rate) or rate < 0:
+        raise OrchError("INVALID_ARGUMENT", "submit_rate_per_second must be a finite number "
+                        ">= 0 (0: no limit)", param="quota.submit_rate_per_second")
+    return {"max_concurrent_jobs": q.max_concurrent_jobs or None,
+            "vram_ceiling_bytes": q.max_vram_bytes or None,
+            "token_budget": q.token_budget or None, "auto_refill": q.auto_refill,
+            "submit_rate_per_second": rate or None}
 
 
 def _unavailable(exc: StoreError) -> OrchError:
@@ -252,14 +302,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         if not name or len(name) > 255 or not name.isprintable():
             raise OrchError("INVALID_ARGUMENT", "a tenant needs a printable name of 1 to 255 "
                             "characters", param="name")
-        q = request.quota
-        if q.submit_rate_per_second:
-            raise OrchError("UNSUPPORTED_PARAMETER", "submit rate limits are not supported yet",
-                            param="quota.submit_rate_per_second")
         row = TenantRow(id=new_tenant_id(), name=name, created_at=time.time(),
-                        max_concurrent_jobs=q.max_concurrent_jobs or None,
-                        vram_ceiling_bytes=q.max_vram_bytes or None,
-                        token_budget=q.token_budget or None, auto_refill=q.auto_refill)
+                        **_quota(request.quota))
         try:
             await self._store.create_tenant(row)
         except DuplicateKey:
@@ -267,8 +311,46 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                             param="name") from None
         except StoreError as exc:
             raise _unavailable(exc) from None
+        ratelimit.limiter_of(self.orch).set_rate(row.id, row.submit_rate_per_second)
+        self.orch.tenant_limits_changed(row.id, row)  # the scheduler's quotas (quota.py)
         self._changed(f"tenant {row.id} created", tenant_id=row.id)
         return admin_pb2.CreateTenantResponse(tenant=tenant_proto(row))
+
+    @unary
+    async def SetQuota(self, request, context):
+        """Replace the tenant's quota as a whole (a field at 0 is unlimited). The
+        submission rate applies from the tenant's next submission; the other limits are
+        the scheduler's, and never refuse a submission."""
+        quota = _quota(request.quota)
+        try:
+            row = await self._store.set_quota(request.tenant_id, **quota)
+            if row is not None:  # the scheduler's quotas, with the credit as committed
+                await self.orch.reload_tenant(row.id)
+        except StoreError as exc:
+            raise _unavailable(exc) from None
+        if row is None:
+            raise OrchError("NOT_FOUND", f"no tenant {request.tenant_id!r}", param="tenant_id")
+        ratelimit.limiter_of(self.orch).set_rate(row.id, row.submit_rate_per_second)
+        self._changed(f"quota of tenant {row.id} set", tenant_id=row.id, **quota)
+        return admin_pb2.SetQuotaResponse(tenant=tenant_proto(row))
+
+    @unary
+    async def AddCredit(self, request, context):
+        """Add tokens to the tenant's credit (negative: take them away, e.g. to correct
+        a mistake); concurrent calls all count."""
+        if not request.tokens:
+            raise OrchError("INVALID_ARGUMENT", "tokens must not be 0", param="tokens")
+        try:
+            row = await self._store.add_credit(request.tenant_id, request.tokens)
+            if row is not None:  # the scheduler's token budget (quota.py)
+                await self.orch.reload_tenant(row.id)
+        except StoreError as exc:
+            raise _unavailable(exc) from None
+        if row is None:
+            raise OrchError("NOT_FOUND", f"no tenant {request.tenant_id!r}", param="tenant_id")
+        self._changed(f"credit of tenant {row.id} {request.tokens:+d} tokens", tenant_id=row.id,
+                      tokens=request.tokens, credit_tokens=row.credit_tokens)
+        return admin_pb2.AddCreditResponse(tenant=tenant_proto(row))
 
     @unary
     async def ListTenants(self, request, context):
@@ -334,3 +416,103 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         except StoreError as exc:
             raise _unavailable(exc) from None
         return admin_pb2.ListAuditEntriesResponse(entries=[audit_proto(r) for r in rows])
+
+    # ---- usage, billing, earnings (orchestrator/usage.py) ---------------------------------
+
+    @unary
+    async def ExportUsage(self, request, context):
+        """The usage records finished in [start, end) of one tenant (none named: all),
+        with plaintext tenant ids, and rendered as `format` ("json", the default, or
+        "csv") with each tenant's totals. Periods holding more than MAX_EXPORT_RECORDS
+        records are refused: ask for a shorter one, or use `llama-orch usage export`."""
+        fmt = request.format.lower() or "json"
+        if fmt not in usage.FORMATS:
+            raise OrchError("INVALID_ARGUMENT", f"format must be one of {', '.join(usage.FORMATS)}",
+                            param="format")
+        start, end = _period(request.start, request.end)
+        store = self._store
+        try:
+            if request.tenant_id and await store.get_tenant(request.tenant_id) is None:
+                raise OrchError("NOT_FOUND", f"no tenant {request.tenant_id!r}",
+                                param="tenant_id")
+            found = await usage.export(store, request.tenant_id, start, end,
+                                       limit=MAX_EXPORT_RECORDS + 1)
+        except StoreError as exc:
+            raise _unavailable(exc) from None
+        if len(found.records) > MAX_EXPORT_RECORDS:
+            raise OrchError("INVALID_ARGUMENT", f"more than {MAX_EXPORT_RECORDS} records in "
+                            "this period: export a shorter one (or use `llama-orch usage "
+                            "export`, which has no limit)", param="end")
+        return admin_pb2.ExportUsageResponse(records=[usage_proto(r) for r in found.records],
+                                             rendered=found.render(fmt))
+
+    @unary
+    async def GetEarnings(self, request, context):
+        """Per pool and provider, what it served in [start, end): jobs, tokens (prompt +
+        completion) and VRAM byte-seconds. Quantities, not money (orchestrator/usage.py)."""
+        start, end = _period(request.start, request.end)
+        try:
+            rows = await usage.earnings(self._store, start, end)
+        except StoreError as exc:
+            raise _unavailable(exc) from None
+        return admin_pb2.GetEarningsResponse(earnings=[earning_proto(r) for r in rows])
+
+    # ---- the scheduler policy (orchestrator/policies.py) ------------------------------------
+
+    @unary
+    async def GetPolicy(self, request, context):
+        """The active policy version (version 0, "builtin": the built-in scheduler)."""
+        return admin_pb2.GetPolicyResponse(active=policy_proto(policies.state_of(self.orch).active),
+                                           editable=policies.editable(self.orch))
+
+    @unary
+    async def ListPolicyVersions(self, request, context):
+        try:
+            rows = await policies.list_versions(self.orch)
+        except StoreError as exc:
+            raise _unavailable(exc) from None
+        return admin_pb2.ListPolicyVersionsResponse(versions=[policy_proto(r) for r in rows])
+
+    @unary
+    async def ValidatePolicy(self, request, context):
+        """What is wrong with the source (syntax, a missing decide, ...), without running it."""
+        problems = await asyncio.to_thread(validate_source, request.source)
+        return admin_pb2.ValidatePolicyResponse(ok=not problems,
+                                                problems=[problem_proto(p) for p in problems])
+
+    @unary
+    async def DryRunPolicy(self, request, context):
+        """The policy's decisions next to the built-in's on this moment's snapshot, each with
+        the validator's verdict; nothing is carried out."""
+        snap = self.orch.snapshot()
+        run = await asyncio.to_thread(dry_run, request.source, snap)
+        return admin_pb2.DryRunPolicyResponse(
+            policy_decisions=[admin_pb2.Decision(**decision_fields(d, why)) for d, why in run.policy],
+            builtin_decisions=[admin_pb2.Decision(**decision_fields(d, why))
+                               for d, why in run.builtin],
+            problems=[problem_proto(p) for p in run.problems],
+            policy_ms=run.policy_ms, builtin_ms=run.builtin_ms)
+
+    @unary
+    async def ActivatePolicy(self, request, context):
+        """Activate new source, an earlier version, or the built-in; refused in platform
+        mode (POLICY_FORBIDDEN) and for a policy that does not compile (POLICY_INVALID)."""
+        try:
+            row = await self.orch.activate_policy(source=request.source, version=request.version,
+                                                  builtin=request.builtin,
+                                                  author=auth.principal().name)
+        except StoreError as exc:
+            raise _unavailable(exc) from None
+        self._changed(f"scheduler policy {row.language} version {row.version} activated",
+                      version=row.version, language=row.language)
+        return admin_pb2.ActivatePolicyResponse(active=policy_proto(row))
+
+
+def policy_proto(row: PolicyVersionRow) -> admin_pb2.PolicyVersion:
+    return admin_pb2.PolicyVersion(version=row.version, language=row.language, source=row.source,
+                                   created_at=_ts(row.created_at) if row.created_at else None,
+                                   author=row.author, active=row.active)
+
+
+def problem_proto(p: PolicyProblem) -> admin_pb2.PolicyProblem:
+    return admin_pb2.PolicyProblem(line=p.line, message=f"{p.code}: {p.message}")

@@ -6,7 +6,9 @@ Orchestrator and map OrchError to gRPC status with google.rpc.ErrorInfo.
 Every method first passes the guard (orchestrator/auth.py: the API key in the
 `authorization` metadata, when auth is on) and then sees only its caller's tenant
 (orchestrator/tenancy.py): another tenant's job is NOT_FOUND, lists and the fact
-stream leave it out, and idempotency keys are per tenant.
+stream leave it out, and idempotency keys are per tenant. Submit and Generate take
+a token from the tenant's submission rate limit first (orchestrator/ratelimit.py):
+over it, RATE_LIMITED with trailing metadata `retry-after`, and nothing is admitted.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import grpc
 
 from common.errors import OrchError
 from llama_orch.v1 import client_pb2, client_pb2_grpc, common_pb2
-from orchestrator import auth, tenancy
+from orchestrator import auth, ratelimit, tenancy
 from orchestrator.core import Orchestrator
 from orchestrator.jobs import STATE_OF_STATUS, JobRecord
 from orchestrator.types import JobState
@@ -65,6 +67,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     def __init__(self, orch: Orchestrator, guard: auth.Guard | None = None):
         self.orch = orch
         self.guard = guard or auth.guard_of(orch)
+        self.limiter = ratelimit.limiter_of(orch)
 
     async def _submit(self, spec, key, context):
         key = key or metadata(context, "idempotency-key")
@@ -72,6 +75,8 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
             raise OrchError("INVALID_ARGUMENT", "idempotency key longer than 256 characters",
                             param="idempotency_key")
         who = auth.principal()
+        # Before anything is admitted: a refused submission stores nothing.
+        await self.limiter.check(who.tenant_id)
         return await self.orch.submit(spec, idempotency_key=tenancy.scoped_key(who, key),
                                       correlation_id=correlation_id(context),
                                       tenant_id=who.tenant_id)

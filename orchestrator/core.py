@@ -12,11 +12,14 @@ import collections
 import heapq
 import time
 import uuid
+from collections.abc import Mapping
+from types import MappingProxyType
 
 from common.config import Config
 from common.errors import OrchError
 from llama_orch.v1 import common_pb2, events_pb2, pool_link_pb2, worker_pb2
-from orchestrator import admission, executor, metrics, recovery, scheduler, validator
+from orchestrator import (admission, executor, metrics, quota, quota_store, recovery, scheduler,
+                          validator)
 from orchestrator.durability import Durability
 from orchestrator.store import DuplicateKey, Store, StoreError
 from orchestrator.catalog import Catalog
@@ -28,7 +31,8 @@ from orchestrator.estimates import Estimates
 from orchestrator.queue_index import QueueIndex
 from orchestrator.snapshot import (Dispatch, EvictModel, JobView, Preload, Snapshot, StartWorker,
                                    PreloadAdvice, StopWorker, UnservableAdvice, Wait, assemble)
-from orchestrator import optimizer
+from orchestrator import optimizer, policies, usage
+from orchestrator.lua_policy import LuaPolicy, decide_with_fallback
 from orchestrator.types import JobState, WorkerPhase
 
 F = events_pb2
@@ -71,14 +75,29 @@ class Orchestrator:
         o = cfg.orchestrator
         self.retry = RetryPolicy(o.retry_max_attempts, o.retry_initial_s, o.retry_multiplier, o.retry_cap_s)
         self._deadlines: list[tuple[float, str]] = []  # heap of (deadline, job_id)
+        # Platform mode: each tenant's limits (orchestrator/quota.py), replaced whole on a
+        # change; the snapshot reads a frozen copy, made again only after a change.
+        self._tenants: dict[str, quota.TenantLimits] = {}
+        self._tenants_frozen: Mapping[str, quota.TenantLimits] = MappingProxyType({})
+        self._tenants_dirty = False
+        # Jobs of tenants whose limits are not loaded yet: queued, but out of the index
+        # (the scheduler never sees them) until the limits arrive.
+        self._tenant_pending: dict[str, list[str]] = {}
+        # The scheduler policy: None is the built-in, else an operator's Lua policy
+        # (orchestrator/policies.py keeps its versions; load_policy/activate_policy).
+        self.policy: LuaPolicy | None = None
 
     # ---- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
         """Recover unfinished jobs from the store, then start the loops."""
         self.durability.start()
+        if self.cfg.tenancy and self.store is not None:  # before recovery queues jobs
+            for tid, limits in (await quota_store.load(self.store)).items():
+                self.tenant_limits_changed(tid, limits)
         if self.store is not None:
             await recovery.recover(self)
+        await self.load_policy()
         metrics.watch(self)  # gauges read on scrape, not set on every wake
         self._tasks = [asyncio.create_task(self._decision_loop(), name="decision-loop"),
                        asyncio.create_task(self._watchdog(), name="watchdog"),
@@ -98,6 +117,19 @@ class Orchestrator:
 
     def wake(self) -> None:
         self._wake.set()
+
+    # ---- the scheduler policy (orchestrator/policies.py) ----------------------------------
+
+    async def load_policy(self) -> None:
+        """The store's active policy version, then cfg.scheduler.policy if it differs."""
+        await policies.load(self)
+
+    async def activate_policy(self, *, source: str = "", version: int = 0, builtin: bool = False,
+                              author: str = ""):
+        """Activate new Lua source, an earlier version, or the built-in (validated first:
+        POLICY_INVALID; POLICY_FORBIDDEN in platform mode). Returns the active version."""
+        return await policies.activate(self, source=source, version=version, builtin=builtin,
+                                       author=author)
 
     # ---- jobs --------------------------------------------------------------------------
 
@@ -182,10 +214,75 @@ class Orchestrator:
     def _enqueue(self, job: JobRecord) -> None:
         self.queue[job.job_id] = job
         self.index.remove(job.job_id)
+        tenant = job.tenant_id if self.cfg.tenancy else ""  # no tenants outside platform
+        if tenant and tenant not in self._tenants:
+            self._await_tenant(job)
+            return
         m = job.admitted.model
         self.index.add(JobView(job.job_id, job.model_ref, job.priority, job.order,
                                m.memory_estimate_bytes, m.device_count, m.engine or "hf",
-                               job.not_before, job.attempts))
+                               job.not_before, job.attempts, tenant))
+
+    # ---- tenants' limits (platform mode; orchestrator/quota.py) ----------------------------
+
+    @property
+    def tenant_limits(self) -> Mapping[str, quota.TenantLimits]:
+        """Each known tenant's limits and credit, as the scheduler reads them."""
+        if self._tenants_dirty:
+            self._tenants_frozen = MappingProxyType(dict(self._tenants))
+            self._tenants_dirty = False
+        return self._tenants_frozen
+
+    def tenant_limits_changed(self, tenant_id: str, limits) -> None:
+        """A tenant's quota or credit changed: `limits` is its new quota.TenantLimits or
+        store.TenantRow (None: the tenant is gone; its jobs run unlimited). The admin
+        API calls this (or `reload_tenant`) after CreateTenant, SetQuota and AddCredit;
+        the next cycle decides with it. Queued jobs held for the tenant's limits join
+        the queue."""
+        if limits is None:
+            limits = quota.UNLIMITED
+        elif not isinstance(limits, quota.TenantLimits):
+            limits = quota.TenantLimits.of(limits)
+        if self._tenants.get(tenant_id) != limits:
+            self._tenants[tenant_id] = limits
+            self._tenants_dirty = True
+        for job_id in self._tenant_pending.pop(tenant_id, ()):
+            job = self.queue.get(job_id)
+            if job is not None and job.state is JobState.QUEUED:
+                self._enqueue(job)
+        self.wake()
+
+    async def reload_tenant(self, tenant_id: str) -> quota.TenantLimits | None:
+        """Read the tenant's limits and credit back from the store (after every debit
+        queued before the call is committed) and apply them; None for no such tenant."""
+        if self.store is None:
+            self.tenant_limits_changed(tenant_id, None)
+            return None
+        limits = await quota_store.load_one(self.store, tenant_id)
+        self.tenant_limits_changed(tenant_id, limits)
+        return limits
+
+    def _await_tenant(self, job: JobRecord) -> None:
+        """Hold a job out of the index until its tenant's limits are loaded (its first
+        job since the start, of a tenant created since), so no job runs unlimited."""
+        waiting = self._tenant_pending.setdefault(job.tenant_id, [])
+        waiting.append(job.job_id)
+        job.waiting_reason = "tenant limits loading"
+        if len(waiting) > 1:
+            return  # already on its way
+
+        async def load() -> None:
+            delay = 0.2
+            while job.tenant_id in self._tenant_pending:
+                try:
+                    await self.reload_tenant(job.tenant_id)
+                except Exception as exc:  # noqa: BLE001 - the store is down: keep them waiting
+                    self.facts.publish(F.FACT_KIND_JOB_WAITING, f"tenant limits not "
+                                       f"loaded: {exc}", level=F.FACT_LEVEL_WARNING,
+                                       job_id=job.job_id, model_ref=job.model_ref)
+                    await asyncio.sleep(delay)
+                    delay = min(5.0, delay * 2)
+        asyncio.get_running_loop().create_task(load())
 
     def _dequeue(self, job_id: str) -> JobRecord | None:
         self.index.remove(job_id)
@@ -265,6 +362,7 @@ class Orchestrator:
         job.finished_at = time.time()
         job.error = error
         metrics.FINISHED.labels(component="orchestrator", status=state.value).inc()
+        usage.job_finished(self, job)  # its usage record, written behind (never blocks)
         kind = {JobState.SUCCEEDED: F.FACT_KIND_JOB_FINISHED, JobState.FAILED: F.FACT_KIND_JOB_FAILED,
                 JobState.CANCELLED: F.FACT_KIND_JOB_CANCELLED}[state]
         self.facts.publish(kind, error.message if error else f"finished: {job.finish_reason}",
@@ -302,9 +400,13 @@ class Orchestrator:
         """This moment's snapshot: the registry's Fleet (kept up to date as records
         change, so this costs O(changes), not O(workers)) with the queue's heads."""
         backoff = {ref: until for ref, (_, until, _) in self._start_failures.items()}
+        if not self.cfg.tenancy:
+            return assemble(self.index, self.registry.facts(self.pins), time.time(),
+                            start_backoff_until=backoff, estimates=self.estimates.snapshot(),
+                            advice=self.advice)
         return assemble(self.index, self.registry.facts(self.pins), time.time(),
                         start_backoff_until=backoff, estimates=self.estimates.snapshot(),
-                        advice=self.advice)
+                        advice=self.advice, tenancy=True, tenants=self.tenant_limits)
 
     async def _decision_loop(self) -> None:
         while True:
@@ -329,7 +431,13 @@ class Orchestrator:
         t0 = time.perf_counter()
         snap = self.snapshot()
         self._wake_at = float("inf")
-        checked = validator.validate(snap, scheduler.decide(snap))
+        if self.policy is not None:
+            decisions, problem = decide_with_fallback(self.policy, snap)
+            if problem is not None:
+                policies.report_problem(self, problem)
+        else:
+            decisions = scheduler.decide(snap)
+        checked = validator.validate(snap, decisions)
         metrics.SCHEDULING_LATENCY.labels(component="orchestrator").observe(
             (time.perf_counter() - t0) * 1000)
         for decision, why in checked:
@@ -366,7 +474,10 @@ class Orchestrator:
             job.state, job.worker_id, job.pool_id = JobState.DISPATCHED, worker.worker_id, worker.pool_id
             job.attempts += 1
             job.waiting_reason = ""
-            worker.reserve(job.job_id)  # unreserved when its relay ends (_run)
+            # Unreserved when its relay ends (_run); in platform mode the worker is the
+            # job's tenant's until its last job ends (the validator checked it is not
+            # another tenant's).
+            worker.reserve(job.job_id, job.tenant_id if self.cfg.tenancy else "")
             job.append(dispatched=F.JobDispatched(worker_id=worker.worker_id, pool_id=worker.pool_id,
                                                   attempt=job.attempts))
             self.facts.publish(F.FACT_KIND_JOB_DISPATCHED, d.reason, job_id=job.job_id,
@@ -450,6 +561,8 @@ class Orchestrator:
                 err = OrchError("RETRIES_EXHAUSTED", f"gave up after {job.attempts} attempts; "
                                 f"last error {err.code}: {err.message}")
             self._finish(job, JobState.FAILED, err)
+        if job.done:  # its last attempt: the tokens it used draw on its tenant's credit
+            quota.charge(self, job)
         self.wake()
 
     def _requeue(self, job: JobRecord, cause: OrchError) -> None:

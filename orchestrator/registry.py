@@ -16,8 +16,10 @@ so a scheduling cycle costs O(what changed), not O(workers): every change to a r
 in `workers` or `pools` (an entry set or removed, or a field the views read assigned)
 marks it dirty, and `facts` folds the dirty records into a FleetIndex, which hands out
 an immutable snapshot.Fleet for `snapshot.assemble`. Assign the fields,
-never change them in place: `device_bytes` is replaced whole, and `jobs` changes only
-through `reserve` / `unreserve`.
+never change them in place: `device_bytes` is replaced whole, and `jobs` (and, in
+platform mode, `tenant_id`: whose jobs the worker runs) change only through `reserve` /
+`unreserve`. From those the FleetIndex keeps each tenant's jobs in slots and the memory
+its workers hold (orchestrator.quota), so quotas cost nothing per cycle.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from types import MappingProxyType
 
 from common import tls
 from llama_orch.v1 import common_pb2, pool_link_pb2, worker_pb2_grpc
+from orchestrator.quota import worker_bytes
 from orchestrator.snapshot import (DeviceKey, DeviceView, Fleet, PoolFacts, PoolView,
                                    WorkerFacts, WorkerView, dispatch_key, lru_key, pinned,
                                    pool_facts, rank_devices, room_if_evicted, sorted_map,
@@ -42,7 +45,7 @@ _KINDS = {common_pb2.DEVICE_KIND_GPU: "gpu", common_pb2.DEVICE_KIND_CPU: "cpu",
           common_pb2.DEVICE_KIND_SIMULATED: "simulated"}
 # Fields the views read: assigning one marks the record dirty in its registry.
 _WORKER_VIEWED = frozenset({"pool_id", "model_ref", "device_ids", "memory_estimate", "phase",
-                            "device_bytes", "pid", "last_used", "slots", "jobs"})
+                            "device_bytes", "pid", "last_used", "slots", "jobs", "tenant_id"})
 _WORKER_POOL_VIEWED = frozenset({"device_ids", "memory_estimate", "device_bytes", "pid"})
 _POOL_VIEWED = frozenset({"inventory", "available", "draining"})
 
@@ -65,6 +68,8 @@ class WorkerRecord:
     last_used: float = 0.0
     slots: int = 1  # jobs it runs at once, from its ready report (WorkerInfo.slots)
     jobs: set[str] = field(default_factory=set)  # ids of the jobs in its slots
+    tenant_id: str = ""  # platform mode: the tenant whose jobs are in its slots ("" when
+    #   none are); set and cleared by reserve / unreserve only
     _stub: worker_pb2_grpc.WorkerServiceStub | None = None
     _channel: object = None
     _registry = None  # the Registry whose `workers` holds it (not a field)
@@ -98,8 +103,12 @@ class WorkerRecord:
     def idle(self) -> bool:
         return self.phase is WorkerPhase.READY and not self.jobs
 
-    def reserve(self, job_id: str) -> None:
-        """Put the job in a free slot (the caller checked there is one); BUSY when full."""
+    def reserve(self, job_id: str, tenant_id: str = "") -> None:
+        """Put the job in a free slot (the caller checked there is one, and, in platform
+        mode, that the worker runs no other tenant's jobs); BUSY when full. The first job
+        in its slots makes the worker its tenant's until the last one leaves."""
+        if not self.jobs and tenant_id != self.tenant_id:
+            self.tenant_id = tenant_id
         self.jobs.add(job_id)
         if self._registry is not None:
             self._registry._worker_changed(self, "jobs", None)
@@ -113,6 +122,8 @@ class WorkerRecord:
             return
         self.jobs.discard(job_id)
         self.last_used = time.time()  # marks it dirty for the job's slot too
+        if not self.jobs and self.tenant_id:
+            self.tenant_id = ""
         if self.phase is WorkerPhase.BUSY and len(self.jobs) < self.slots:
             self.phase = WorkerPhase.READY
 
@@ -238,9 +249,14 @@ class FleetIndex:
         self._hosting: dict[str, dict[DeviceKey, int]] = {}  # model -> device -> workers
         self._occupied: dict[DeviceKey, int] = {}  # device -> workers
         self._pins: dict[str, frozenset[DeviceKey]] = {}  # replaced whole, never changed
+        self._tenant_jobs: dict[str, int] = {}  # tenant -> jobs in slots (platform mode)
+        self._tenant_vram: dict[str, int] = {}  # tenant -> bytes its workers hold
+        self._owned: dict[str, dict[str, int]] = {}  # model -> tenant -> free slots on
+        #   open workers running that tenant's jobs
         self._changed: set[str] = set()  # WorkerFacts fields to publish anew
         self._models_changed: dict[str, set[str]] = {"open_workers": set(), "idle": set(),
-                                                      "devices_of_model": set()}
+                                                      "devices_of_model": set(),
+                                                      "owned_slots": set()}
         self._wf = worker_facts(())
         self._pool_views: dict[str, PoolView] = {}
         self._pools_changed: set[str] = set()
@@ -303,6 +319,12 @@ class FleetIndex:
                 changed.add("occupied")
         if not hosting:
             del self._hosting[m]
+        tenant = w.tenant_id
+        if tenant and w.active:  # platform mode: the tenant's jobs and held memory
+            _bump(self._tenant_jobs, tenant, sign * w.active)
+            _bump(self._tenant_vram, tenant, sign * worker_bytes(w.memory_bytes,
+                                                                 len(w.device_ids)))
+            changed.update(("tenant_running", "tenant_vram"))
         phase = w.phase
         if phase is WorkerPhase.READY or phase is WorkerPhase.BUSY:
             _bump(self._serving, m, sign)
@@ -318,6 +340,12 @@ class FleetIndex:
                 return
             _bump(self._free_slots, m, sign * free)
             changed.add("free_slots")
+            if tenant:
+                mine = self._owned.setdefault(m, {})
+                _bump(mine, tenant, sign * free)
+                if not mine:
+                    del self._owned[m]
+                models["owned_slots"].add(m)
             self._order(self._open, m, dispatch_key(w), w, sign)
             models["open_workers"].add(m)
             if w.active:
@@ -407,7 +435,11 @@ class FleetIndex:
                                        self._hosting),
             pins=MappingProxyType(self._pins) if "pins" in changed else old.pins,
             idle_bytes=(MappingProxyType(self._idle_bytes.copy()) if "idle_bytes" in changed
-                        else old.idle_bytes))
+                        else old.idle_bytes),
+            tenant_running=counts("tenant_running", self._tenant_jobs),
+            tenant_vram=counts("tenant_vram", self._tenant_vram),
+            owned_slots=per_model("owned_slots", lambda m: sorted_map(self._owned[m]),
+                                  self._owned))
         changed.clear()
         return self._wf
 
@@ -672,4 +704,4 @@ class Registry:
             return None
         return WorkerView(w.worker_id, w.pool_id, w.model_ref, w.phase, w.device_ids,
                           w.last_used, max((w.bytes_on(d) for d in w.device_ids), default=0),
-                          w.slots, len(w.jobs))
+                          w.slots, len(w.jobs), w.tenant_id)

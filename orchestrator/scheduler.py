@@ -46,6 +46,27 @@ One Wait per (model, reason) per cycle. Cost O(models log models + decisions x l
 (workers of the model) + pools touched). The eviction walk is O(idle workers), and runs
 only when nothing fits and the snapshot's evictable bound says some pool could; a need
 that found no victims rules out every larger one for the rest of the cycle.
+
+Tenancy (platform mode, snapshot.tenancy; limits and reasons in orchestrator.quota).
+Quotas hold jobs in the queue, never reject them; a worker runs one tenant's jobs at a
+time. The heads already leave out tenants that may not have another job dispatched
+(snapshot._tenant_heads). Step 1 becomes, for each head in order, with a per-cycle
+ledger of each tenant's jobs in slots and VRAM held (quota.Ledger):
+     - tenant over its concurrent-job quota or out of token budget -> held (quota)
+     - a free slot on a worker already running the tenant's jobs (fewest jobs, then
+       longest idle) -> Dispatch; it costs no VRAM
+     - else the longest idle worker, if the tenant's VRAM ceiling allows memory_bytes x
+       devices more -> Dispatch; the worker is the tenant's for the rest of the cycle
+       (its other slots serve only the tenant), else held (VRAM ceiling)
+     - else no slot it may use -> capacity
+  Then per model and tenant with jobs left: held -> one Wait per (model, tenant) with
+  the quota's reason ("tenant quota: 4 of 4 concurrent jobs", ...) for all its jobs of
+  the model; the same when its VRAM ceiling could not hold one more worker of the model
+  (memory estimate x devices). The other tenants' jobs wait for capacity together, as
+  in step 2, with remaining r = the sum over them of min(jobs left, quota room): no
+  worker is started or evicted for jobs a quota holds. Cost: as above, plus O(T) per
+  model with eligible jobs (T = its tenants with eligible jobs) and O(open workers of the
+  model running jobs) for a model whose heads include a tenant holding one of them.
 """
 
 from __future__ import annotations
@@ -54,6 +75,7 @@ import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from orchestrator.quota import Ledger, worker_bytes
 from orchestrator.snapshot import (Decision, DeviceKey, Dispatch, JobView, Snapshot,
                                    StartWorker, StopWorker, Wait, WorkerView)
 
@@ -139,6 +161,8 @@ class _Cycle:
 def decide(snap: Snapshot) -> list[Decision]:
     cyc = _Cycle(snap)
     out: list[Decision] = []
+    if snap.tenancy:
+        return _decide_tenants(cyc, out)
     append, claim = out.append, cyc.claimed.add
     queued, total, backoff = snap.queued, snap.queued_total, snap.waiting_backoff
     open_workers, free_slots = snap.open_workers, snap.free_slots
@@ -166,6 +190,107 @@ def decide(snap: Snapshot) -> list[Decision]:
     for m, job in snap.next_retry.items():
         append(Wait(job.job_id, Reason.RETRY_BACKOFF, m, backoff[m], job.not_before))
     return out
+
+
+def _decide_tenants(cyc: _Cycle, out: list[Decision]) -> list[Decision]:
+    """decide() in platform mode: the same steps, with quotas and tenant-exclusive
+    workers (module docstring, "Tenancy")."""
+    snap = cyc.snap
+    led = Ledger(snap.tenants, snap.tenant_running, snap.tenant_vram)
+    append, claim = out.append, cyc.claimed.add
+    sent: dict[tuple[str, str], int] = {}  # (model, tenant) -> jobs dispatched
+    left: dict[tuple[str, str], JobView] = {}  # (model, tenant) -> first head not sent
+    held: dict[tuple[str, str], str] = {}  # (model, tenant) -> why its heads were held
+    for m, heads in snap.queued.items():  # in the order of each model's head job
+        shared = snap.idle.get(m, ())  # idle workers, longest idle first: anyone's
+        owned: dict[str, list[tuple[int, float, str, int]]] = {}  # tenant -> its workers
+        holding = snap.owned_slots.get(m)
+        if holding and any(j.tenant_id in holding for j in heads):
+            # The open workers after the idle ones run jobs, each for one tenant; they
+            # come in dispatch order, so each tenant's list is a heap already.
+            for w in snap.open_workers[m][len(shared):]:
+                if w.tenant_id in holding:
+                    owned.setdefault(w.tenant_id, []).append(
+                        (w.active, w.last_used, w.worker_id, w.free_slots))
+        taken = 0  # shared workers taken so far
+        for job in heads:
+            t = job.tenant_id
+            why = led.blocked(t)
+            if not why:
+                heap = owned.get(t)
+                if heap:  # a worker it holds first: fewest jobs, then longest idle
+                    active, last_used, wid, free = heap[0]
+                    if free > 1:
+                        heapq.heapreplace(heap, (active + 1, last_used, wid, free - 1))
+                    else:
+                        heapq.heappop(heap)
+                    led.take(t)
+                elif taken < len(shared):
+                    w = shared[taken]
+                    wid, need = w.worker_id, worker_bytes(w.memory_bytes, len(w.device_ids))
+                    why = led.over_vram(t, need)
+                    if not why:
+                        taken += 1
+                        led.take(t, need)
+                        if w.slots > 1:
+                            owned[t] = [(1, w.last_used, wid, w.slots - 1)]
+                else:
+                    wid = ""  # no slot it may use: capacity (step 2)
+                if not why and wid:
+                    append(Dispatch(job.job_id, wid, Reason.DISPATCH))
+                    claim(wid)
+                    sent[(m, t)] = sent.get((m, t), 0) + 1
+                    continue
+            left.setdefault((m, t), job)
+            if why:
+                held.setdefault((m, t), why)
+
+    # Step 2 per model: its tenants' jobs left, either held by a quota (one Wait per
+    # tenant) or waiting for capacity (one group per model, as without tenancy).
+    waiting: list[tuple[int, int, str, JobView, int, int]] = []
+    quota_waits: list[tuple[int, int, str, str, JobView, str, int]] = []
+    for m, queues in snap.tenant_queues.items():
+        first: JobView | None = None  # the first head left, else any tenant's first job
+        runnable = jobs = 0
+        for q in queues:
+            t = q.tenant_id
+            n = q.eligible - sent.get((m, t), 0)
+            if n <= 0:
+                continue
+            # Its first job left: a head not sent, else (every head of the tenant went
+            # out) its first job, which only names the Wait.
+            job = left.get((m, t), q.first)
+            why = led.blocked(t) or held.get((m, t), "") or led.over_vram(
+                t, worker_bytes(job.memory_estimate, job.device_count))
+            if why:
+                quota_waits.append((job.priority, job.order, job.job_id, m, job, why, n))
+                continue
+            runnable += led.room(t, n)
+            jobs += n
+            if first is None or _before(job, first, (m, t) in left,
+                                        (m, first.tenant_id) in left):
+                first = job
+        if first is not None:
+            waiting.append((first.priority, first.order, m, first, runnable, jobs))
+    waiting.sort()
+    for _, _, m, first, runnable, jobs in waiting:
+        reason = _capacity(cyc, m, first, runnable, out)
+        append(Wait(first.job_id, reason, m, jobs))
+    quota_waits.sort()
+    for _, _, _, m, job, why, n in quota_waits:
+        append(Wait(job.job_id, why, m, n))
+    backoff = snap.waiting_backoff
+    for m, job in snap.next_retry.items():
+        append(Wait(job.job_id, Reason.RETRY_BACKOFF, m, backoff[m], job.not_before))
+    return out
+
+
+def _before(a: JobView, b: JobView, a_left: bool, b_left: bool) -> bool:
+    """Does `a` name a model's capacity Wait before `b`: a head still queued first, then
+    (priority, order)."""
+    if a_left is not b_left:
+        return a_left
+    return (a.priority, a.order) < (b.priority, b.order)
 
 
 def _capacity(cyc: _Cycle, m: str, job: JobView, remaining: int, out: list[Decision]) -> str:

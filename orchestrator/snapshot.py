@@ -14,6 +14,14 @@ never O(queued jobs) or O(workers):
 - `open_workers`, `idle` and `idle_lru` are pre-sorted; `pools_by_room` ranks pools for
   placement and `pools_by_evictable_room` bounds what eviction could free, so a model
   that cannot fit anywhere costs O(1) to rule out.
+- Platform mode (`tenancy`): jobs and busy workers carry their tenant; `tenants`,
+  `tenant_running` and `tenant_vram` are what quotas need (orchestrator.quota), kept as
+  slots are reserved (registry.FleetIndex), never by scanning jobs; `owned_slots` says
+  which free slots only one tenant may fill; `queued` holds per model only heads of
+  tenants that may have another job dispatched, found per (model, tenant) in the queue
+  index, and `tenant_queues` every tenant's first job and count, held back or not, so a
+  tenant over its quota costs O(1) whatever its backlog. Outside platform mode these are
+  False / empty, and assembly and decide take the same steps as without tenants.
 
 A snapshot is assembled (`assemble`) from the loop's QueueIndex and a Fleet: the
 immutable worker half (WorkerFacts), pool half (PoolFacts) and what depends on both.
@@ -34,6 +42,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from orchestrator.estimates import ModelEstimate
+from orchestrator.quota import Ledger, TenantLimits, worker_bytes
 from orchestrator.types import Priority, WorkerPhase
 
 if TYPE_CHECKING:
@@ -42,6 +51,10 @@ if TYPE_CHECKING:
 DeviceKey = tuple[str, str]  # (pool_id, device_id): device ids are unique per pool only
 EXTRA_HEADS = 3  # heads per model beyond its idle workers: the first waiting job and spares
 _EMPTY: Mapping = MappingProxyType({})
+
+
+def _empty() -> Mapping:
+    return _EMPTY
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +68,7 @@ class JobView:
     engine: str = "hf"
     not_before: float = 0.0  # retry backoff: not eligible before this time
     attempts: int = 0
+    tenant_id: str = ""  # the submitter's tenant; "" outside platform mode (no quotas)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +82,8 @@ class WorkerView:
     memory_bytes: int = 0  # held on each device of its mask (reported, else the estimate)
     slots: int = 1  # jobs it runs at once (continuous batching)
     active: int = 0  # jobs in its slots now
+    tenant_id: str = ""  # platform mode: the tenant whose jobs it runs ("" while it runs
+    #   none; a worker never runs two tenants' jobs at once). "" outside platform mode.
 
     @property
     def free_slots(self) -> int:
@@ -127,6 +143,16 @@ class UnservableAdvice:
 Advice = PreloadAdvice | StartAdvice | UnservableAdvice
 
 
+@dataclass(slots=True)
+class TenantQueue:
+    """One tenant's eligible jobs of one model (platform mode): the first, and how many.
+    A value: never changed once in a snapshot (not frozen only because a cycle builds one
+    per model and tenant, and a frozen dataclass costs ~1 us more to build)."""
+    tenant_id: str
+    first: JobView
+    eligible: int
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """Everything one scheduling cycle may read. Invariants (kept by assemble):
@@ -170,6 +196,21 @@ class Snapshot:
     unservable: Mapping[str, UnservableAdvice]  # the UnservableAdvice, by model
     pins: Mapping[str, frozenset[DeviceKey]]  # model -> devices where its workers are never
     #   evicted (a worker is pinned when any device of its mask is pinned for its model)
+    # ---- tenancy (platform mode; orchestrator.quota). Outside it: False and empty. ----
+    tenancy: bool = False  # quotas hold jobs back; workers serve one tenant at a time
+    tenants: Mapping[str, TenantLimits] = field(default_factory=_empty)
+    #   each known tenant's limits and credit; a tenant absent here has no limits
+    tenant_running: Mapping[str, int] = field(default_factory=_empty)
+    #   jobs in worker slots (dispatched or running), per tenant
+    tenant_vram: Mapping[str, int] = field(default_factory=_empty)
+    #   bytes held by the workers running each tenant's jobs: memory_bytes x devices per
+    #   worker (quota.py)
+    owned_slots: Mapping[str, Mapping[str, int]] = field(default_factory=_empty)
+    #   model -> tenant -> free slots of open workers already running that tenant's jobs
+    #   (only it may fill them); the rest of free_slots[m] is on idle workers, anyone's
+    tenant_queues: Mapping[str, tuple[TenantQueue, ...]] = field(default_factory=_empty)
+    #   model -> each tenant with eligible jobs of it, held back or not, in the order of
+    #   its first job
 
     def eligible(self, model_ref: str) -> int:
         """Queued jobs for the model that may be dispatched now."""
@@ -266,6 +307,10 @@ class WorkerFacts:
     pins: Mapping[str, frozenset[DeviceKey]]
     idle_bytes: Mapping[DeviceKey, int]  # bytes of every idle, unpinned worker: `evictable`
     #   before this cycle's jobs claim the longest idle workers of their models
+    tenant_running: Mapping[str, int] = field(default_factory=_empty)  # empty unless
+    #   workers carry tenants (platform mode)
+    tenant_vram: Mapping[str, int] = field(default_factory=_empty)
+    owned_slots: Mapping[str, Mapping[str, int]] = field(default_factory=_empty)
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,9 +384,18 @@ def worker_facts(workers: Iterable[WorkerView],
     lanes: dict[str, int] = {}
     starting: dict[str, int] = {}
     freeing: dict[DeviceKey, int] = {}
+    t_running: dict[str, int] = {}
+    t_vram: dict[str, int] = {}
+    owned: dict[str, dict[str, int]] = {}
     ready, busy_, starting_ = WorkerPhase.READY, WorkerPhase.BUSY, WorkerPhase.STARTING
     for w in all_workers.values():
         phase = w.phase
+        tenant = w.tenant_id
+        if tenant and w.active:
+            t_running[tenant] = t_running.get(tenant, 0) + w.active
+            held = worker_bytes(w.memory_bytes, len(w.device_ids))
+            if held:
+                t_vram[tenant] = t_vram.get(tenant, 0) + held
         if phase is ready or phase is busy_:
             m = w.model_ref
             serving[m] = serving.get(m, 0) + 1
@@ -352,6 +406,9 @@ def worker_facts(workers: Iterable[WorkerView],
                 continue
             open_by.setdefault(m, []).append(w)
             free_slots[m] = free_slots.get(m, 0) + free
+            if tenant:
+                mine = owned.setdefault(m, {})
+                mine[tenant] = mine.get(tenant, 0) + free
             if not w.active:
                 idle_by.setdefault(m, []).append(w)
         elif phase is starting_:
@@ -387,7 +444,9 @@ def worker_facts(workers: Iterable[WorkerView],
         lanes_by_model=sorted_map(lanes), starting_by_model=sorted_map(starting),
         freeing=_freeze(freeing), occupied=occupied,
         devices_of_model=_freeze({m: frozenset(v) for m, v in sorted(hosting.items())}),
-        pins=_freeze(pin_sets), idle_bytes=_freeze(idle_bytes))
+        pins=_freeze(pin_sets), idle_bytes=_freeze(idle_bytes),
+        tenant_running=sorted_map(t_running), tenant_vram=sorted_map(t_vram),
+        owned_slots=_freeze({m: sorted_map(owned[m]) for m in sorted(owned)}))
 
 
 def lru_key(w: WorkerView) -> tuple[float, str]:
@@ -422,24 +481,30 @@ def build_snapshot(index: "QueueIndex", workers: Iterable[WorkerView],
                    estimates: Mapping[str, ModelEstimate] = _EMPTY,
                    advice: Iterable[Advice] = (),
                    pins: Mapping[str, Iterable[DeviceKey]] = _EMPTY,
-                   extra_heads: int = EXTRA_HEADS) -> Snapshot:
+                   extra_heads: int = EXTRA_HEADS, tenancy: bool = False,
+                   tenants: Mapping[str, TenantLimits] = _EMPTY) -> Snapshot:
     """Freeze one cycle's facts from scratch: `assemble` over `fleet_of(workers, pools,
     pins)`. Cost O(workers log workers + devices log devices) on top of assembly's."""
     return assemble(index, fleet_of(workers, pools, pins), now,
                     start_backoff_until=start_backoff_until, estimates=estimates,
-                    advice=advice, extra_heads=extra_heads)
+                    advice=advice, extra_heads=extra_heads, tenancy=tenancy, tenants=tenants)
 
 
 def assemble(index: "QueueIndex", fleet: Fleet, now: float, *,
              start_backoff_until: Mapping[str, float] = _EMPTY,
              estimates: Mapping[str, ModelEstimate] = _EMPTY,
              advice: Iterable[Advice] = (),
-             extra_heads: int = EXTRA_HEADS) -> Snapshot:
+             extra_heads: int = EXTRA_HEADS, tenancy: bool = False,
+             tenants: Mapping[str, TenantLimits] = _EMPTY) -> Snapshot:
     """Freeze one cycle's facts from the fleet, the queue and the clock. Cost
     O(models x heads + idle workers this cycle's jobs take (and the devices of their
     pools) + distinct device counts x pools); it never touches the queue beyond the
     heads, nor a worker or pool that this cycle does not involve. `index` is only read
-    (plus its promotions of jobs whose backoff has expired)."""
+    (plus its promotions of jobs whose backoff has expired).
+
+    With `tenancy` (platform mode) a model's heads are chosen per tenant
+    (`_tenant_heads`), which adds O(T log T) per model with eligible jobs, T the tenants
+    with eligible jobs of it; `tenants` is each tenant's limits."""
     wf, pf = fleet.worker_facts, fleet.pool_facts
     free_slots = wf.free_slots
     queued: dict[str, tuple[JobView, ...]] = {}
@@ -447,10 +512,22 @@ def assemble(index: "QueueIndex", fleet: Fleet, now: float, *,
     backoff: dict[str, int] = {}
     next_retry: dict[str, JobView] = {}
     counts: set[int] = {1}
+    by_tenant: dict[str, tuple[TenantQueue, ...]] = {}
+    runnable: dict[str, int] = {}  # tenancy: jobs per model its tenants' quotas let run
+    ledger = Ledger(tenants, wf.tenant_running, wf.tenant_vram) if tenancy else None
     for m in index.models():
         eligible, delayed = index.count(m, now)
         total[m] = eligible + delayed
-        if eligible:
+        if eligible and ledger is not None:
+            tq = sorted((TenantQueue(t, first, n) for t, first, n in index.tenants(m, now)),
+                        key=_first_job)
+            by_tenant[m] = tuple(tq)
+            heads, runnable[m] = _tenant_heads(index, m, now, tq, wf, ledger,
+                                               free_slots.get(m, 0) + extra_heads, extra_heads)
+            if heads:
+                queued[m] = heads
+                counts.add(heads[0].device_count)
+        elif eligible:
             heads = index.heads(m, free_slots.get(m, 0) + extra_heads, now)
             queued[m] = heads
             counts.add(heads[0].device_count)
@@ -468,7 +545,7 @@ def assemble(index: "QueueIndex", fleet: Fleet, now: float, *,
     evictable, pins, taken = wf.idle_bytes, wf.pins, None
     touched: set[str] = set()  # pools where such workers are
     for m in queued:
-        for w in wf.idle.get(m, ())[:total[m] - backoff.get(m, 0)]:
+        for w in wf.idle.get(m, ())[:runnable.get(m, total[m] - backoff.get(m, 0))]:
             if not w.memory_bytes or pinned(pins, w):
                 continue
             if taken is None:
@@ -519,7 +596,67 @@ def assemble(index: "QueueIndex", fleet: Fleet, now: float, *,
         advice=advice,
         start_advice=_freeze({m: tuple(v) for m, v in sorted(start_advice.items())}),
         unservable=_freeze(dict(sorted(unservable.items()))),
-        pins=wf.pins)
+        pins=wf.pins, **({} if ledger is None else dict(
+            tenancy=True, tenants=(tenants if isinstance(tenants, MappingProxyType)
+                                   else _freeze(dict(tenants))),
+            tenant_running=wf.tenant_running, tenant_vram=wf.tenant_vram,
+            owned_slots=wf.owned_slots, tenant_queues=_freeze(by_tenant))))
+
+
+def _first_job(q: TenantQueue) -> tuple[int, int, str]:
+    return (q.first.priority, q.first.order, q.tenant_id)
+
+
+def _tenant_heads(index: "QueueIndex", m: str, now: float, tq: Sequence[TenantQueue],
+                  wf: WorkerFacts, ledger: Ledger, k: int, extra: int
+                  ) -> tuple[tuple[JobView, ...], int]:
+    """Platform mode: the model's heads, and how many of its jobs quotas let run now.
+
+    Each tenant with eligible jobs gets a cap: 0 when it may not have another job
+    dispatched (its concurrent-job quota is full or its token budget exhausted: its
+    jobs are not walked at all), else its quota's room + 1 (the +1 names the job that
+    waits on the quota), and no more than its owned slots + 1 when taking another worker
+    would pass its VRAM ceiling. The heads are the first `k - owned` jobs of the capped
+    tenants merged in (priority, order) (k = the model's free slots + extra, owned = the
+    free slots of workers already serving a tenant), plus, for each tenant holding such
+    slots, its next jobs up to those slots (its workers serve no one else). So at most
+    k heads, O((T + k) log(T + k)) (QueueIndex.heads)."""
+    owned = wf.owned_slots.get(m, _EMPTY)
+    idle = wf.idle.get(m)
+    caps: dict[str, int] = {}
+    for q in tq:
+        t = q.tenant_id
+        if ledger.blocked(t):
+            continue
+        cap = ledger.room(t, q.eligible)
+        if cap < q.eligible:
+            cap += 1
+        need = (worker_bytes(idle[0].memory_bytes, len(idle[0].device_ids)) if idle
+                else worker_bytes(q.first.memory_estimate, q.first.device_count))
+        if ledger.over_vram(t, need):
+            cap = min(cap, owned.get(t, 0) + 1)
+        caps[t] = cap
+    if not caps:
+        return (), 0
+    mine = sum(owned.values())
+    heads = index.heads(m, k - mine, now, caps)
+    if mine:
+        have: dict[str, int] = {}
+        for j in heads:
+            have[j.tenant_id] = have.get(j.tenant_id, 0) + 1
+        more: list[JobView] = []
+        for t, slots in owned.items():
+            got = have.get(t, 0)
+            want = min(caps.get(t, 0), slots + got)
+            if want > got:  # the walk took the tenant's first `got`: these come next
+                more.extend(index.tenant_heads(m, t, want, now)[got:])
+        if more:
+            heads = tuple(sorted(heads + tuple(more), key=_job_order))
+    return heads, sum(caps.values())
+
+
+def _job_order(j: JobView) -> tuple[int, int]:
+    return (j.priority, j.order)
 
 
 # ---- decisions ---------------------------------------------------------------------------
@@ -575,7 +712,8 @@ class EvictModel:
 @dataclass(slots=True)
 class Wait:
     """Queued jobs of one model wait this cycle, for one reason. One Wait per (model,
-    reason) per cycle: job_id is the first waiting job, `jobs` how many wait with it,
+    reason) per cycle (platform mode: a quota's Wait is per (model, tenant), its reason
+    starting "tenant "): job_id is the first waiting job, `jobs` how many wait with it,
     `until` (retry backoff only) when the next one becomes eligible."""
     job_id: str
     reason: str

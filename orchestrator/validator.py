@@ -7,7 +7,10 @@ decisions of the same cycle claimed (workers, jobs, device memory) or released
   (not_before > now) or already dispatched this cycle; a worker that is missing, not
   READY, stopped this cycle, whose free slots earlier dispatches of this cycle already
   took (a worker takes at most `slots - active` jobs per cycle), or serving another
-  model.
+  model. In platform mode (snapshot.tenancy) also: a worker that runs (or was sent this
+  cycle) another tenant's jobs, and a job whose tenant is over its concurrent-job quota
+  or out of token budget, or would pass its VRAM ceiling by taking an idle worker
+  (orchestrator.quota), counting this cycle's earlier dispatches.
 - StartWorker: a missing or unavailable pool, an engine the pool does not offer (when
   the model has queued heads to tell), an empty mask, repeated or unknown devices, a
   non-positive memory estimate, or memory overcommitted on any device of the mask.
@@ -21,8 +24,9 @@ Accepted decisions come back with "".
 
 from __future__ import annotations
 
-from orchestrator.snapshot import (Decision, DeviceKey, Dispatch, EvictModel, Preload,
-                                   Snapshot, StartWorker, StopWorker, Wait)
+from orchestrator.quota import Ledger, worker_bytes
+from orchestrator.snapshot import (Decision, DeviceKey, Dispatch, EvictModel, JobView, Preload,
+                                   Snapshot, StartWorker, StopWorker, Wait, WorkerView)
 from orchestrator.types import WorkerPhase
 
 
@@ -35,6 +39,9 @@ def validate(snap: Snapshot, decisions: list[Decision]) -> list[tuple[Decision, 
     claimed_jobs: set[str] = set()
     taken: dict[str, int] = {}  # worker -> slots dispatched into this cycle
     stopped: set[str] = set()
+    # Platform mode: each tenant's use so far, and whose jobs each worker now runs.
+    ledger = Ledger(snap.tenants, snap.tenant_running, snap.tenant_vram) if snap.tenancy else None
+    owner: dict[str, str] = {}
     out: list[tuple[Decision, str]] = []
     for d in decisions:
         why = ""
@@ -55,6 +62,8 @@ def validate(snap: Snapshot, decisions: list[Decision]) -> list[tuple[Decision, 
                        f"({w.active} of {w.slots} running)")
             elif w.model_ref != job.model_ref:
                 why = "worker serves a different model"
+            elif ledger is not None and (why := _tenant_refusal(ledger, owner, job, w)):
+                pass
             else:
                 claimed_jobs.add(d.job_id)
                 taken[d.worker_id] = taken.get(d.worker_id, 0) + 1
@@ -104,3 +113,20 @@ def validate(snap: Snapshot, decisions: list[Decision]) -> list[tuple[Decision, 
             why = f"unknown decision {type(d).__name__}"
         out.append((d, why))
     return out
+
+
+def _tenant_refusal(ledger: Ledger, owner: dict[str, str], job: JobView, w: WorkerView) -> str:
+    """Why a dispatch breaks tenancy ("" if it does not); if it does not, claim it."""
+    t, current = job.tenant_id, owner.get(w.worker_id, w.tenant_id)
+    if current and current != t:
+        return "worker runs another tenant's jobs (workers are never shared between tenants)"
+    why = ledger.blocked(t)
+    if why:
+        return f"over the tenant's quota: {why}"
+    need = 0 if current else worker_bytes(w.memory_bytes, len(w.device_ids))
+    why = ledger.over_vram(t, need)
+    if why:
+        return f"over the tenant's quota: {why}"
+    ledger.take(t, need)
+    owner[w.worker_id] = t
+    return ""

@@ -30,7 +30,20 @@ on each backend refuses UPDATE and DELETE (and TRUNCATE on PostgreSQL), so even 
 hand-written statement cannot rewrite history. Retention, when it comes, must drop
 and re-create that trigger in its own migration-like, audited step.
 
-Later migrations add usage ledger, join tokens, ...: not here yet.
+usage_records (0003) — the usage ledger: one row per finished job (succeeded, failed or
+cancelled), written behind by orchestrator/usage.py, the source of billing exports
+and provider earnings. job_id is the primary key, so a job that finishes again (after
+a restart, say) replaces its row instead of counting twice. tenant_id is the plaintext
+tenant (bills need it; metrics never carry it). No foreign keys: the rows are written
+behind in other callers' batches, like job_events. tenants.submit_rate_per_second
+(0003) is the tenant's submission rate limit (NULL = none; orchestrator/ratelimit.py).
+
+policy_versions (0004) — the scheduler policies an operator stored (orchestrator/policies.py):
+one row per version (numbered 1, 2, ... in order), its language ('lua' or 'builtin'),
+source, author (an API key id, or 'config' for cfg.scheduler.policy) and whether it is
+the active one. At most one row is active; none active means the built-in scheduler.
+
+Later migrations add join tokens, ...: not here yet.
 """
 
 from __future__ import annotations
@@ -97,6 +110,8 @@ tenants = Table(
     Column("token_budget", BigInteger, nullable=True),
     Column("credit_tokens", BigInteger, nullable=False, server_default="0"),
     Column("auto_refill", Boolean, nullable=False, server_default=false()),
+    # Submissions per second (burst 2x), checked before admission; NULL = no limit (0003).
+    Column("submit_rate_per_second", Double, nullable=True),
 )
 
 api_keys = Table(
@@ -131,4 +146,43 @@ audit_log = Table(
     Column("outcome", String(64), nullable=False),
     Column("correlation_id", String(128), nullable=False, server_default=""),
     Column("detail", Text, nullable=False, server_default=""),
+)
+
+usage_records = Table(
+    "usage_records", metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("tenant_id", String(128), nullable=False, server_default=""),
+    Column("model_ref", Text, nullable=False),
+    # The pool that ran the job's last attempt ("" if it never ran) and who provides it:
+    # the pool's provider key id when it registered with one, else the pool id.
+    Column("pool_id", String(128), nullable=False, server_default=""),
+    Column("provider_id", String(128), nullable=False, server_default=""),
+    # "succeeded" | "failed" | "cancelled", and the stable error code of the last two.
+    Column("status", String(16), nullable=False),
+    Column("error_code", String(64), nullable=False, server_default=""),
+    Column("prompt_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("completion_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    # Epoch seconds: admitted, last attempt started (0 = never ran), finished.
+    Column("created_at", Double, nullable=False),
+    Column("started_at", Double, nullable=False, server_default="0"),
+    Column("finished_at", Double, nullable=False),
+    # started -> finished, and admitted -> started (-> finished if it never ran).
+    Column("duration_ms", BigInteger, nullable=False, server_default="0"),
+    Column("queue_ms", BigInteger, nullable=False, server_default="0"),
+    # Device bytes held x running seconds / the worker's slots (orchestrator/usage.py).
+    Column("vram_byte_seconds", Double, nullable=False, server_default="0"),
+    Index("ix_usage_records_finished_at", "finished_at"),
+    Index("ix_usage_records_tenant_id_finished_at", "tenant_id", "finished_at"),
+)
+
+policy_versions = Table(
+    "policy_versions", metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("language", String(16), nullable=False),
+    Column("source", Text, nullable=False, server_default=""),
+    Column("created_at", Double, nullable=False),
+    Column("author", String(128), nullable=False, server_default=""),
+    Column("active", Boolean, nullable=False, server_default=false()),
+    CheckConstraint("language IN ('lua', 'builtin')", name="language"),
 )

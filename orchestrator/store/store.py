@@ -18,6 +18,11 @@ Tenants and API keys (rare, operator-paced writes) commit in their own transacti
 return once durable. The audit log is append-only: append_audit is write-behind through
 the same group-commit writer (an audited call never waits for a commit), and nothing
 here updates or deletes an entry (the database refuses that too; see schema.py).
+
+The usage ledger (0003) is written behind the same way (append_usage: an upsert on
+job_id, so a job recorded again replaces its row) and read in aggregate for billing
+exports (usage_records) and provider earnings (earnings, summed in the database),
+over a period [start, end) of finished_at.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ from llama_orch.v1 import events_pb2
 from orchestrator.store.engine import make_engine, migrate
 from orchestrator.store.errors import DuplicateKey, StoreClosed, StoreError
 from orchestrator.store.rows import UNFINISHED, JobRow
-from orchestrator.store.schema import api_keys, audit_log, job_events, jobs, tenants
+from orchestrator.store.schema import (api_keys, audit_log, job_events, jobs, policy_versions,
+                                       tenants, usage_records)
 from orchestrator.store.writer import Kind, Writer
 
 DEFAULT_BATCH_SIZE = 512
@@ -55,6 +61,7 @@ class Store:
         self._engine = engine
         self._writer = writer
         self._closed = False
+        self._upsert_usage = _usage_upsert(engine.dialect.name)
 
     @classmethod
     async def open(cls, url: str, *, schema: str | None = None,
@@ -291,6 +298,137 @@ class Store:
         self._check_open()
         await self._writer.submit(Kind.FLUSH, None, units=0)
 
+    # ---- quotas and credit (revision 0003: submit_rate_per_second) -----------------------
+
+    async def set_quota(self, tenant_id: str, *, max_concurrent_jobs: int | None,
+                        vram_ceiling_bytes: int | None, token_budget: int | None,
+                        auto_refill: bool, submit_rate_per_second: float | None
+                        ) -> TenantRow | None:
+        """Replace the tenant's quota as a whole (None = unlimited); the row as it is
+        now, or None when there is no such tenant. Durable when it returns."""
+        async with self._transaction() as conn:
+            await conn.execute(update(tenants).where(tenants.c.id == tenant_id).values(
+                max_concurrent_jobs=max_concurrent_jobs, vram_ceiling_bytes=vram_ceiling_bytes,
+                token_budget=token_budget, auto_refill=auto_refill,
+                submit_rate_per_second=submit_rate_per_second))
+            r = (await conn.execute(select(tenants).where(tenants.c.id == tenant_id))).first()
+        return TenantRow.from_db(r) if r is not None else None
+
+    async def add_credit(self, tenant_id: str, tokens: int) -> TenantRow | None:
+        """Add `tokens` (negative: take away) to the tenant's credit, atomically (two
+        concurrent calls both count); the row as it is now, or None for no such tenant."""
+        async with self._transaction() as conn:
+            await conn.execute(update(tenants).where(tenants.c.id == tenant_id).values(
+                credit_tokens=tenants.c.credit_tokens + int(tokens)))
+            r = (await conn.execute(select(tenants).where(tenants.c.id == tenant_id))).first()
+        return TenantRow.from_db(r) if r is not None else None
+
+    # ---- the usage ledger (revision 0003) ------------------------------------------------
+
+    def append_usage(self, rows: Iterable[UsageRow]) -> None:
+        """Queue usage records and return at once (write-behind, like audit entries).
+        One row per job: a record for a job already recorded replaces it."""
+        values = [r.to_values() for r in rows]
+        if not values:
+            return
+        self._check_open()
+        self._writer.submit(Kind.ROWS, (self._upsert_usage, values), units=len(values),
+                            wait=False)
+
+    async def usage_records(self, tenant_id: str = "", start: float = 0.0, end: float = 0.0,
+                            limit: int = 0) -> list[UsageRow]:
+        """Committed records finished in [start, end) (end 0: no bound), one tenant's
+        when named, by finished_at then job_id; at most `limit` (0: all)."""
+        q = (select(usage_records).where(*_in_period(start, end, tenant_id))
+             .order_by(usage_records.c.finished_at, usage_records.c.job_id))
+        if limit:
+            q = q.limit(limit)
+        async with self._read() as conn:
+            rows = (await conn.execute(q)).all()
+        return [UsageRow.from_db(r) for r in rows]
+
+    async def earnings(self, start: float = 0.0, end: float = 0.0) -> list[EarningRow]:
+        """Per (pool, provider), over records finished in [start, end) of jobs that ran
+        on a pool (a job cancelled while queued earns nobody anything)."""
+        u = usage_records.c
+        q = (select(u.pool_id, u.provider_id, func.count(), func.sum(u.prompt_tokens),
+                    func.sum(u.completion_tokens), func.sum(u.vram_byte_seconds))
+             .where(*_in_period(start, end), u.pool_id != "")
+             .group_by(u.pool_id, u.provider_id).order_by(u.provider_id, u.pool_id))
+        async with self._read() as conn:
+            rows = (await conn.execute(q)).all()
+        return [EarningRow(pool, provider, int(n), int(p or 0), int(c or 0), float(v or 0))
+                for pool, provider, n, p, c, v in rows]
+
+    # ---- scheduler policy versions (revision 0004) --------------------------------------
+
+    async def add_policy_version(self, language: str, source: str, author: str, *,
+                                 activate: bool = True, at: float | None = None
+                                 ) -> PolicyVersionRow:
+        """Store a new version (numbered after the highest so far) and, by default, make
+        it the only active one. Durable when it returns."""
+        async with self._transaction() as conn:
+            top = (await conn.execute(select(func.max(policy_versions.c.version)))).scalar()
+            row = PolicyVersionRow((top or 0) + 1, language, source,
+                                   time.time() if at is None else at, author, activate)
+            if activate:
+                await conn.execute(update(policy_versions).where(
+                    policy_versions.c.active.is_(True)).values(active=False))
+            await conn.execute(insert(policy_versions), row.to_values())
+        return row
+
+    async def list_policy_versions(self) -> list[PolicyVersionRow]:
+        """Every stored version, oldest first."""
+        async with self._read() as conn:
+            rows = (await conn.execute(
+                select(policy_versions).order_by(policy_versions.c.version))).all()
+        return [PolicyVersionRow.from_db(r) for r in rows]
+
+    async def active_policy_version(self) -> PolicyVersionRow | None:
+        """The active version, or None (the built-in scheduler)."""
+        async with self._read() as conn:
+            r = (await conn.execute(select(policy_versions).where(
+                policy_versions.c.active.is_(True)))).first()
+        return PolicyVersionRow.from_db(r) if r is not None else None
+
+    async def activate_policy_version(self, version: int) -> PolicyVersionRow | None:
+        """Make `version` the only active one (0: none, i.e. the built-in); the row as it
+        is now, or None when there is no such version (nothing changes then)."""
+        async with self._transaction() as conn:
+            r = None
+            if version:
+                r = (await conn.execute(select(policy_versions).where(
+                    policy_versions.c.version == version))).first()
+                if r is None:
+                    return None
+            await conn.execute(update(policy_versions).where(
+                policy_versions.c.active.is_(True)).values(active=False))
+            if version:
+                await conn.execute(update(policy_versions).where(
+                    policy_versions.c.version == version).values(active=True))
+        return PolicyVersionRow.from_db(r)._replace_active(True) if r is not None else None
+
+
+def _in_period(start: float, end: float, tenant_id: str = "") -> list[Any]:
+    u = usage_records.c
+    where = [u.finished_at >= start]
+    if end:
+        where.append(u.finished_at < end)
+    if tenant_id:
+        where.append(u.tenant_id == tenant_id)
+    return where
+
+
+def _usage_upsert(dialect: str) -> Any:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    stmt = dialect_insert(usage_records)
+    return stmt.on_conflict_do_update(
+        index_elements=[usage_records.c.job_id],
+        set_={c.name: stmt.excluded[c.name] for c in usage_records.c if c.name != "job_id"})
+
 
 _TOUCH_KEY = (update(api_keys).where(api_keys.c.id == bindparam("key"))
               .values(last_used_at=bindparam("at")))
@@ -309,6 +447,7 @@ class TenantRow:
     token_budget: int | None = None
     credit_tokens: int = 0
     auto_refill: bool = False
+    submit_rate_per_second: float | None = None  # None = no rate limit (0003)
 
     def to_values(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__slots__}
@@ -373,3 +512,68 @@ class AuditRow:
     @classmethod
     def from_db(cls, r: Any) -> AuditRow:
         return cls(**{f: getattr(r, f) for f in cls.__slots__})
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """One finished job's usage (orchestrator/usage.py says how each figure is made).
+    status is "succeeded", "failed" or "cancelled"; times are epoch seconds."""
+
+    job_id: str
+    tenant_id: str
+    model_ref: str
+    status: str
+    finished_at: float
+    created_at: float
+    pool_id: str = ""
+    provider_id: str = ""
+    error_code: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    attempts: int = 0
+    started_at: float = 0.0
+    duration_ms: int = 0
+    queue_ms: int = 0
+    vram_byte_seconds: float = 0.0
+
+    def to_values(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__slots__}
+
+    @classmethod
+    def from_db(cls, r: Any) -> UsageRow:
+        return cls(**{f: getattr(r, f) for f in cls.__slots__})
+
+
+@dataclass(frozen=True, slots=True)
+class EarningRow:
+    """What one pool (of one provider) served over a period: the sums of its records."""
+
+    pool_id: str
+    provider_id: str
+    jobs: int
+    prompt_tokens: int
+    completion_tokens: int
+    vram_byte_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyVersionRow:
+    """One stored scheduler policy version (policy_versions, 0004)."""
+
+    version: int
+    language: str  # "lua" | "builtin"
+    source: str
+    created_at: float
+    author: str
+    active: bool
+
+    def to_values(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__slots__}
+
+    @classmethod
+    def from_db(cls, r: Any) -> PolicyVersionRow:
+        return cls(**{f: getattr(r, f) for f in cls.__slots__})
+
+    def _replace_active(self, active: bool) -> PolicyVersionRow:
+        return PolicyVersionRow(self.version, self.language, self.source, self.created_at,
+                                self.author, active)

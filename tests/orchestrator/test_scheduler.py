@@ -292,3 +292,152 @@ def test_random_multi_slot_snapshots_never_overfill_and_pass_the_validator(seed)
     for m, n in snap.free_slots.items():
         used = sum(v for wid, v in taken.items() if snap.workers[wid].model_ref == m)
         assert used == min(n, snap.eligible(m))
+
+
+# ---- tenancy (platform mode): quotas at scheduling time, tenant-exclusive workers ----------
+
+from orchestrator.quota import TenantLimits  # noqa: E402
+
+A, B = "t-a", "t-b"
+
+
+def tjob(i, tenant, model=M1, prio=Priority.INTERACTIVE, mem=GB):
+    return JobView(f"j{i}", model, prio, i, mem, tenant_id=tenant)
+
+
+def tworker(i, tenant="", slots=1, active=0, model=M1, mem=GB, devs=("g0",), last_used=0.0):
+    """A worker running `active` jobs of `tenant` ("" and 0: idle)."""
+    phase = BUSY if active >= slots else READY
+    return WorkerView(f"w{i}", "p1", model, phase, devs, last_used, mem, slots, active, tenant)
+
+
+def T(jobs, workers=(), pools=(), limits=None, **kw):
+    """A platform-mode snapshot; `limits` maps tenants to their TenantLimits."""
+    return Snapshot.of(jobs, workers, pools or [pool(free=(8 * GB,) * 4)], tenancy=True,
+                       tenants=limits or {}, **kw)
+
+
+def quota_wait(job_id, running, limit, n=1):
+    return Wait(job_id, f"tenant quota: {running} of {limit} concurrent jobs", M1, n)
+
+
+CONC2 = {A: TenantLimits(max_concurrent_jobs=2)}
+TENANCY_CASES = [
+    pytest.param(T([tjob(1, A)], [tworker(1, A, active=1), tworker(2, devs=("g1",))],
+                   limits={A: TenantLimits(max_concurrent_jobs=1)}),
+                 [quota_wait("j1", 1, 1)], id="over-quota-waits-with-the-reason"),
+    pytest.param(T([tjob(i, A) for i in range(1, 6)] + [tjob(6, B)],
+                   [tworker(i, devs=(f"g{i % 4}",)) for i in range(1, 5)], limits=CONC2),
+                 [go("j1", "w1"), go("j2", "w2"), go("j6", "w3"), quota_wait("j3", 2, 2, 3)],
+                 id="other-tenants-run-past-an-over-quota-head"),
+    pytest.param(T([tjob(1, A)], [tworker(1, A, active=1, model=M2)],
+                   limits={A: TenantLimits(max_concurrent_jobs=1)}),
+                 [quota_wait("j1", 1, 1)], id="no-start-for-over-quota-jobs"),
+    pytest.param(T([tjob(1, A), tjob(2, B)], [], limits={A: TenantLimits(token_budget=1000)}),
+                 [start(M1, "p1", ("g0",), why=f"no worker for {M1}; most free memory on p1"),
+                  Wait("j2", Reason.STARTING, M1, 1),
+                  Wait("j1", "tenant token budget exhausted: credit 0", M1, 1)],
+                 id="budget-exhausted-waits-others-start"),
+    pytest.param(T([tjob(1, A)], [tworker(1)], limits={A: TenantLimits(token_budget=1000,
+                                                                        credit_tokens=-5)}),
+                 [Wait("j1", "tenant token budget exhausted: credit -5", M1, 1)],
+                 id="budget-overdrawn"),
+    pytest.param(T([tjob(1, A)], [tworker(1)], limits={A: TenantLimits(token_budget=1000,
+                                                                        auto_refill=True)}),
+                 [go("j1", "w1")], id="auto-refill-ignores-the-budget"),
+    pytest.param(T([tjob(1, A)], [tworker(1)], limits={A: TenantLimits(token_budget=1000,
+                                                                        credit_tokens=1)}),
+                 [go("j1", "w1")], id="credit-left"),
+    pytest.param(T([tjob(1, A)], [tworker(1, A, active=1), tworker(2, devs=("g1",))],
+                   limits={A: TenantLimits(vram_ceiling_bytes=3 * GB // 2)}),
+                 [Wait("j1", "tenant VRAM ceiling: 1.0 GiB held + 1.0 GiB for a worker > 1.5 GiB",
+                       M1, 1)], id="vram-ceiling-stops-taking-an-idle-worker"),
+    pytest.param(T([tjob(1, A)], [tworker(1, A, slots=2, active=1), tworker(2, devs=("g1",))],
+                   limits={A: TenantLimits(vram_ceiling_bytes=3 * GB // 2)}),
+                 [go("j1", "w1")], id="vram-ceiling-a-held-worker-slot-costs-nothing"),
+    pytest.param(T([tjob(1, A, mem=2 * GB)], [], limits={A: TenantLimits(vram_ceiling_bytes=GB)}),
+                 [Wait("j1", "tenant VRAM ceiling: 0.0 GiB held + 2.0 GiB for a worker > 1.0 GiB",
+                       M1, 1)], id="vram-ceiling-no-start-for-a-worker-it-could-not-hold"),
+    pytest.param(T([tjob(1, B)], [tworker(1, A, slots=4, active=1)]),
+                 [Wait("j1", Reason.BUSY, M1, 1)], id="tenant-exclusive-worker"),
+    pytest.param(T([tjob(1, B)], [tworker(1, A, slots=4, active=1), tworker(2, devs=("g1",))]),
+                 [go("j1", "w2")], id="another-tenant-takes-an-idle-worker"),
+    pytest.param(T([tjob(1, A)], [tworker(2, devs=("g1",)), tworker(1, A, slots=2, active=1,
+                                                                    last_used=9.0)]),
+                 [go("j1", "w1")], id="a-tenants-own-worker-first"),
+    pytest.param(T([tjob(1, A), tjob(2, B), tjob(3, A)], [tworker(1, slots=4)]),
+                 [go("j1", "w1"), go("j3", "w1"), Wait("j2", Reason.BUSY, M1, 1)],
+                 id="an-idle-worker-becomes-the-first-tenants"),
+    pytest.param(T([tjob(1, A), tjob(2, A), tjob(3, B)], [tworker(1, slots=4)],
+                   limits={A: TenantLimits(max_concurrent_jobs=1)}),
+                 [go("j1", "w1"), Wait("j3", Reason.BUSY, M1, 1), quota_wait("j2", 1, 1)],
+                 id="quota-and-exclusivity-together"),
+]
+
+
+@pytest.mark.parametrize("snap,expected", TENANCY_CASES)
+def test_decide_with_tenancy(snap, expected):
+    assert decide(snap) == expected
+    assert decide(snap) == expected
+
+
+def test_outside_platform_mode_tenants_change_nothing():
+    jobs, workers = [tjob(1, A), tjob(2, B)], [tworker(1, A, slots=4, active=1)]
+    limits = {A: TenantLimits(max_concurrent_jobs=1)}
+    plain = Snapshot.of(jobs, workers, [pool()], tenants=limits)
+    assert not plain.tenancy and plain.tenant_queues == {}
+    assert decide(plain) == [go("j1", "w1"), go("j2", "w1")]
+
+
+def test_a_deep_over_quota_tenant_does_not_hide_another_tenants_job():
+    # Tenant A's 10,000 jobs come first and A is at its quota: B's one job still runs,
+    # and the snapshot's heads never walk A's backlog.
+    jobs = [tjob(i, A) for i in range(10_000)] + [tjob(20_000, B)]
+    snap = T(jobs, [tworker(1, A, active=1), tworker(2, devs=("g1",))],
+             limits={A: TenantLimits(max_concurrent_jobs=1)})
+    assert [j.job_id for j in snap.queued[M1]] == ["j20000"]
+    assert snap.tenant_queues[M1][0].eligible == 10_000
+    assert decide(snap) == [go("j20000", "w2"), quota_wait("j0", 1, 1, 10_000)]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_random_tenant_snapshots_keep_quotas_and_exclusive_workers(seed):
+    import random
+
+    from orchestrator.validator import validate
+    rng = random.Random(seed)
+    tenants = ["t0", "t1", "t2", "t3"]
+    limits = {t: TenantLimits(max_concurrent_jobs=rng.choice([0, 1, 2, 4]),
+                              vram_ceiling_bytes=rng.choice([0, GB, 3 * GB]),
+                              token_budget=rng.choice([0, 100]), credit_tokens=rng.choice([0, 5]))
+              for t in tenants}
+    workers = []
+    for i in range(rng.randint(1, 8)):
+        slots = rng.choice([1, 2, 4])
+        active = rng.randint(0, slots)
+        workers.append(tworker(i, rng.choice(tenants) if active else "", slots, active,
+                               model=rng.choice([M1, M2]), devs=(f"g{i % 4}",),
+                               last_used=rng.random()))
+    jobs = [JobView(f"j{i}", rng.choice([M1, M2]), rng.choice(list(Priority)), i, GB,
+                    tenant_id=rng.choice(tenants)) for i in range(rng.randint(0, 60))]
+    snap = T(jobs, workers, [pool(free=(2 * GB,) * 4)], limits)
+    out = decide(snap)
+    assert all(why == "" for _, why in validate(snap, out)), validate(snap, out)
+    running = dict(snap.tenant_running)
+    owner = {w.worker_id: w.tenant_id for w in workers}
+    views = {j.job_id: j for j in jobs}
+    for d in out:
+        if isinstance(d, Dispatch):
+            t = views[d.job_id].tenant_id
+            assert owner[d.worker_id] in ("", t)  # never two tenants on one worker
+            owner[d.worker_id] = t
+            running[t] = running.get(t, 0) + 1
+    for t, lim in limits.items():
+        if lim.max_concurrent_jobs:
+            assert running.get(t, 0) <= max(lim.max_concurrent_jobs, snap.tenant_running.get(t, 0))
+        if lim.on_budget and lim.credit_tokens <= 0:
+            assert running.get(t, 0) == snap.tenant_running.get(t, 0)
+    # Every job left in the queue is accounted for by a Wait, quota ones named.
+    waits = [d for d in out if isinstance(d, Wait) and not d.until]
+    sent = sum(isinstance(d, Dispatch) for d in out)
+    assert sum(w.jobs for w in waits) == len(jobs) - sent

@@ -138,3 +138,58 @@ def test_the_built_in_policy_fills_slots_within_the_validator():
     out = validate(SLOTS, decide(SLOTS))
     dispatched = [d.worker_id for d, why in out if isinstance(d, Dispatch)]
     assert all(why == "" for _, why in out) and sorted(dispatched) == ["w1", "w1", "w3", "w3", "w3"]
+
+
+# ---- tenancy (platform mode): workers never shared between tenants, quotas held ---------
+
+from orchestrator.quota import TenantLimits  # noqa: E402
+
+
+def tenant_worker(wid, tenant, slots, active, devs=("g0",)):
+    phase = WorkerPhase.BUSY if active >= slots else WorkerPhase.READY
+    return WorkerView(wid, "p1", "m1", phase, devs, memory_bytes=GB, slots=slots, active=active,
+                      tenant_id=tenant)
+
+
+TENANTS = Snapshot.of(
+    [JobView("a1", "m1", I, 1, GB, tenant_id="A"), JobView("a2", "m1", I, 2, GB, tenant_id="A"),
+     JobView("b1", "m1", I, 3, GB, tenant_id="B"), JobView("d1", "m1", I, 4, GB, tenant_id="D"),
+     JobView("e1", "m1", I, 5, GB, tenant_id="E"), JobView("e2", "m1", I, 6, GB, tenant_id="E")],
+    [tenant_worker("wa", "A", 4, 1), tenant_worker("idle", "", 4, 0, devs=("g1",)),
+     tenant_worker("we", "E", 4, 1, devs=("g1",))],
+    [PoolView("p1", True, (DeviceView("g0", 8 * GB, 4 * GB), DeviceView("g1", 8 * GB, 2 * GB)))],
+    tenancy=True, tenants={"B": TenantLimits(vram_ceiling_bytes=GB // 2),
+                           "E": TenantLimits(max_concurrent_jobs=2)})
+
+
+@pytest.mark.parametrize("decisions,refusals", [
+    pytest.param([Dispatch("a1", "wa", ""), Dispatch("a2", "idle", "")], ["", ""],
+                 id="a-tenant-fills-its-own-worker-and-takes-an-idle-one"),
+    pytest.param([Dispatch("b1", "wa", "")], ["worker runs another tenant's jobs"],
+                 id="mixing-with-a-running-tenant"),
+    pytest.param([Dispatch("a1", "idle", ""), Dispatch("d1", "idle", "")],
+                 ["", "worker runs another tenant's jobs"], id="mixing-within-one-cycle"),
+    pytest.param([Dispatch("e1", "we", ""), Dispatch("e2", "we", "")],
+                 ["", "over the tenant's quota: tenant quota: 2 of 2 concurrent jobs"],
+                 id="over-concurrent-quota"),
+    pytest.param([Dispatch("b1", "idle", "")],
+                 ["over the tenant's quota: tenant VRAM ceiling: 0.0 GiB held + 1.0 GiB"],
+                 id="over-vram-ceiling"),
+])
+def test_tenancy(decisions, refusals):
+    got = [why for _, why in validate(TENANTS, decisions)]
+    assert len(got) == len(refusals)
+    for why, refusal in zip(got, refusals):
+        assert (refusal in why) if refusal else why == ""
+
+
+def test_outside_platform_mode_workers_take_any_tenants_jobs():
+    plain = dataclasses.replace(TENANTS, tenancy=False)
+    assert [why for _, why in validate(plain, [Dispatch("b1", "wa", "")])] == [""]
+
+
+def test_the_built_in_policy_keeps_tenants_apart_within_the_validator():
+    out = validate(TENANTS, decide(TENANTS))
+    assert all(why == "" for _, why in out)
+    assert [(d.job_id, d.worker_id) for d, _ in out if isinstance(d, Dispatch)] == [
+        ("a1", "wa"), ("a2", "wa"), ("d1", "idle"), ("e1", "we")]
