@@ -32,7 +32,7 @@ import uuid
 from google.protobuf import timestamp_pb2
 
 from common.errors import OrchError
-from llama_orch.v1 import admin_pb2, admin_pb2_grpc, events_pb2 as F, pool_link_pb2
+from llama_orch.v1 import admin_pb2, admin_pb2_grpc, common_pb2, events_pb2 as F, pool_link_pb2
 from orchestrator import auth, policies, ratelimit, usage
 from orchestrator.client_api import unary
 from orchestrator.core import Orchestrator
@@ -229,6 +229,25 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         if err is not None:
             raise err
         return admin_pb2.StartWorkerResponse(worker=worker.to_proto())
+
+    @unary
+    async def DrainPool(self, request, context):
+        """Drain (or undrain) a pool: no new workers or jobs go there; running jobs finish.
+        The scheduler sees a draining pool as unavailable (registry.pool_view)."""
+        orch = self.orch
+        pool = orch.registry.pools.get(request.pool_id)
+        if pool is None:
+            raise OrchError("POOL_UNAVAILABLE", f"no pool {request.pool_id!r} is connected",
+                            param="pool_id")
+        pool.draining = request.drain
+        orch.facts.publish(F.FACT_KIND_POOL_DRAINING,
+                           f"pool {pool.pool_id} {'draining' if request.drain else 'undrained'}",
+                           pool_id=pool.pool_id, draining=request.drain)
+        orch.wake()
+        return admin_pb2.DrainPoolResponse(pool=common_pb2.PoolInfo(
+            pool_id=pool.pool_id, inventory=pool.inventory, address=pool.address,
+            state=common_pb2.POOL_STATE_DRAINING if pool.draining else common_pb2.POOL_STATE_AVAILABLE,
+            workers=[w.to_proto() for w in orch.registry.workers_of(pool.pool_id)]))
 
     @unary
     async def StopWorker(self, request, context):

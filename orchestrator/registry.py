@@ -639,7 +639,7 @@ class Registry:
 
     def _pool_changed(self, pool: PoolRecord, name: str) -> None:
         self._dirty_pools.add(pool.pool_id)
-        if name == "available":  # worker views are of available pools only
+        if name in ("available", "draining"):  # worker views depend on both
             self._dirty_workers.update(self._by_pool.get(pool.pool_id, ()))
 
     # ---- views -------------------------------------------------------------------------
@@ -702,6 +702,11 @@ class Registry:
         pool = self.pools.get(w.pool_id)
         if pool is None or not pool.available:
             return None
-        return WorkerView(w.worker_id, w.pool_id, w.model_ref, w.phase, w.device_ids,
+        phase = w.phase
+        if pool.draining and phase in (WorkerPhase.READY, WorkerPhase.BUSY):
+            # A draining pool's workers finish what they run and take nothing new: to the
+            # scheduler they are on their way out (neither open nor evictable).
+            phase = WorkerPhase.STOPPING
+        return WorkerView(w.worker_id, w.pool_id, w.model_ref, phase, w.device_ids,
                           w.last_used, max((w.bytes_on(d) for d in w.device_ids), default=0),
                           w.slots, len(w.jobs), w.tenant_id)

@@ -7,7 +7,7 @@ import pytest
 
 from common.config import Config, ModelConfig
 from common.errors import OrchError
-from llama_orch.v1 import admin_pb2 as A, admin_pb2_grpc, events_pb2 as E
+from llama_orch.v1 import admin_pb2 as A, admin_pb2_grpc, common_pb2 as C, events_pb2 as E
 from llama_orch.v1 import pool_link_pb2 as L
 from orchestrator import scheduler
 from orchestrator.catalog import TINY_PATH
@@ -166,3 +166,33 @@ async def test_a_start_the_pool_refuses_comes_back_with_the_pools_code_and_no_ba
     [failed] = facts(orch, E.FACT_KIND_WORKER_FAILED)
     assert failed.attributes["error_code"] == "INSUFFICIENT_MEMORY"
     assert orch._start_failures == {}  # the operator's choice of device, not the model's fault
+
+
+async def test_a_drained_pool_gets_no_new_work_and_undraining_restores_it(admin):
+    from orchestrator.snapshot import Dispatch, StartWorker as Start
+    orch, stub = admin
+    ScriptedPool(orch, "pool-a", ["sim-0", "sim-1"])
+    ScriptedPool(orch, "pool-b", ["sim-0"])
+    m1 = orch.catalog.resolve("m1").ref
+    w = WorkerRecord("w-a", "pool-a", m1, ("sim-0",), 3 * GIB, phase=WorkerPhase.READY)
+    orch.registry.workers[w.worker_id] = w
+    job = JobView("j1", m1, Priority.INTERACTIVE, 1, 3 * GIB, 1, "sim")
+
+    def placed() -> list[str]:
+        orch.index.add(job)
+        try:
+            return [(type(d).__name__, getattr(d, "worker_id", "") or d.pool_id)
+                    for d in scheduler.decide(orch.snapshot()) if isinstance(d, (Dispatch, Start))]
+        finally:
+            orch.index.remove(job.job_id)
+
+    assert placed() == [("Dispatch", "w-a")]
+    reply = await stub.DrainPool(A.DrainPoolRequest(pool_id="pool-a", drain=True))
+    assert reply.pool.state == C.POOL_STATE_DRAINING
+    assert all(target != "w-a" and target != "pool-a" for _, target in placed())
+    [fact] = facts(orch, E.FACT_KIND_POOL_DRAINING)
+    assert fact.pool_id == "pool-a" and fact.attributes["draining"] is True
+    await stub.DrainPool(A.DrainPoolRequest(pool_id="pool-a", drain=False))
+    assert placed() == [("Dispatch", "w-a")]
+    assert await code_of(stub.DrainPool(A.DrainPoolRequest(pool_id="pool-z", drain=True))) == \
+        "POOL_UNAVAILABLE"
