@@ -1,0 +1,193 @@
+"""What the gateway and orchestrator add, on the `sim` engine, at concurrency 1, 16 and 64.
+
+Starts a real home-mode stack whose model `simfast` runs on the sim engine (fixed
+time-to-first-token and inter-token latency, no spread, enough slots for every
+concurrent request, no slowdown under load), so whatever differs between the two
+paths is ours. In the same run, for each concurrency, the same number of streamed
+requests go (a) straight to the worker's Execute over gRPC and (b) through the gateway
+as OpenAI streamed chat completions (gateway -> orchestrator -> worker). Reported:
+time to first token and inter-token latency percentiles per path, the difference, and
+requests/s and tokens/s through the gateway. Not a test: no assertions.
+
+    .venv/bin/python bench/gateway_overhead.py [--write] [--requests-per-client 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.report import write_section  # noqa: E402
+from llama_orch.v1 import client_pb2, client_pb2_grpc, common_pb2, worker_pb2, worker_pb2_grpc  # noqa: E402
+from tests.stack import Stack  # noqa: E402
+
+SIM = {"ttft_ms": 20, "ttft_spread_ms": 0, "itl_ms": 10, "itl_spread_ms": 0,
+       "prefill_us_per_token": 0, "slots": 128, "load_slowdown": 0}
+MAX_TOKENS = 32
+CONCURRENCY = (1, 16, 64)
+MESSAGES = [{"role": "user", "content": "tell me a story about a fox"}]
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))] if s else float("nan")
+
+
+def sim_model(root: Path) -> Path:
+    folder = root / "simfast"
+    folder.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+                 "special_tokens_map.json"):
+        if (ROOT / "models" / "tiny" / name).exists():
+            shutil.copy(ROOT / "models" / "tiny" / name, folder / name)
+    (folder / "sim.json").write_text(json.dumps(SIM))
+    return folder
+
+
+class Sample:
+    def __init__(self) -> None:
+        self.ttft: list[float] = []
+        self.itl: list[float] = []
+        self.tokens = 0
+
+
+async def _direct_one(stub, i: int, out: Sample) -> None:
+    t0 = time.perf_counter()
+    last = None
+    async for r in stub.Execute(worker_pb2.ExecuteRequest(
+            job_id=f"direct-{i}", prompt_token_ids=[5, 6, 7, 8],
+            sampling=common_pb2.SamplingParams(max_tokens=MAX_TOKENS, seed=i, temperature=1.0))):
+        if r.WhichOneof("event") == "tokens" and r.tokens.token_ids:
+            now = time.perf_counter()
+            if last is None:
+                out.ttft.append((now - t0) * 1000)
+            else:
+                out.itl.append((now - last) * 1000)
+            last = now
+            out.tokens += len(r.tokens.token_ids)
+
+
+async def _gateway_one(http: httpx.AsyncClient, i: int, out: Sample) -> None:
+    body = {"model": "simfast", "messages": MESSAGES, "stream": True, "max_tokens": MAX_TOKENS,
+            "seed": i, "temperature": 1.0, "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    last = None
+    async with http.stream("POST", "/v1/chat/completions", json=body) as resp:
+        async for line in resp.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                out.tokens += chunk["usage"]["completion_tokens"]
+            if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                now = time.perf_counter()
+                if last is None:
+                    out.ttft.append((now - t0) * 1000)
+                else:
+                    out.itl.append((now - last) * 1000)
+                last = now
+
+
+async def _run(concurrency: int, per_client: int, one) -> tuple[Sample, float]:
+    out = Sample()
+    counter = iter(range(concurrency * per_client))
+
+    async def client() -> None:
+        for i in counter:
+            await one(i, out)
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return out, time.perf_counter() - t0
+
+
+def _stats(s: Sample, seconds: float) -> dict:
+    return {"ttft_p50": round(pct(s.ttft, 50), 2), "ttft_p99": round(pct(s.ttft, 99), 2),
+            "itl_p50": round(pct(s.itl, 50), 2), "itl_p99": round(pct(s.itl, 99), 2),
+            "req_per_s": round(len(s.ttft) / seconds, 1), "tok_per_s": round(s.tokens / seconds),
+            "n": len(s.ttft)}
+
+
+async def measure(per_client: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model = sim_model(root)
+        stack = Stack(root, extra_config=f'[models.simfast]\nref = "file:{model}"\nengine = "sim"\n')
+        stack.start()
+        try:
+            limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+            async with httpx.AsyncClient(base_url=stack.base_url, timeout=120, limits=limits) as http:
+                await _gateway_one(http, 0, Sample())  # starts the worker
+                async with grpc.aio.insecure_channel(stack.orchestrator) as ch:
+                    snap = await client_pb2_grpc.ClientServiceStub(ch).GetClusterSnapshot(
+                        client_pb2.GetClusterSnapshotRequest())
+                endpoint = next(w.endpoint for p in snap.pools for w in p.workers)
+                results = {}
+                async with grpc.aio.insecure_channel(endpoint) as wch:
+                    stub = worker_pb2_grpc.WorkerServiceStub(wch)
+                    for c in CONCURRENCY:
+                        await _run(c, 1, lambda i, o: _gateway_one(http, i, o))  # warm
+                        d = _stats(*await _run(c, per_client, lambda i, o: _direct_one(stub, i, o)))
+                        g = _stats(*await _run(c, per_client, lambda i, o: _gateway_one(http, i, o)))
+                        results[c] = {"direct": d, "gateway": g,
+                                      "added_ttft_p50": round(g["ttft_p50"] - d["ttft_p50"], 2),
+                                      "added_ttft_p99": round(g["ttft_p99"] - d["ttft_p99"], 2),
+                                      "added_itl_p50": round(g["itl_p50"] - d["itl_p50"], 2),
+                                      "added_itl_p99": round(g["itl_p99"] - d["itl_p99"], 2)}
+                        print(json.dumps({c: results[c]}), flush=True)
+        finally:
+            stack.stop()
+    return {"by_concurrency": results, "per_client": per_client, "date": time.strftime("%Y-%m-%d")}
+
+
+def render(r: dict) -> str:
+    rows = []
+    for c, x in r["by_concurrency"].items():
+        d, g = x["direct"], x["gateway"]
+        rows.append(f"| {c} | {d['ttft_p50']} / {d['ttft_p99']} | {g['ttft_p50']} / {g['ttft_p99']} | "
+                    f"**{x['added_ttft_p50']}** / {x['added_ttft_p99']} | "
+                    f"{d['itl_p50']} / {d['itl_p99']} | {g['itl_p50']} / {g['itl_p99']} | "
+                    f"{x['added_itl_p99']} | {g['req_per_s']} | {g['tok_per_s']} |")
+    table = "\n".join(rows)
+    return f"""<!-- gateway-overhead:start -->
+## What the gateway and orchestrator add (`sim` engine)
+
+`python bench/gateway_overhead.py --write` — one run, {r['date']}. Sim worker with a fixed
+{SIM['ttft_ms']} ms time to first token and {SIM['itl_ms']} ms between tokens (no spread, no
+slowdown, {SIM['slots']} slots), {MAX_TOKENS} tokens per request, {r['per_client']} requests per
+client. "direct" is the worker's Execute over gRPC; "gateway" is an OpenAI streamed chat
+completion through gateway -> orchestrator -> worker. Everything (clients, gateway,
+orchestrator, pool manager, worker) shares the machine's 2 cores. Times in ms, p50 / p99.
+
+| concurrency | direct TTFT | gateway TTFT | added TTFT | direct ITL | gateway ITL | added ITL p99 | gateway req/s | gateway tok/s |
+|---:|---|---|---|---|---|---:|---:|---:|
+{table}
+
+Targets (issue 5): added TTFT p50 <= 2 ms and p99 <= 10 ms at concurrency 16; added
+inter-token p99 <= 5 ms.
+<!-- gateway-overhead:end -->"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--write", action="store_true")
+    ap.add_argument("--requests-per-client", type=int, default=8)
+    ns = ap.parse_args()
+    r = asyncio.run(measure(ns.requests_per_client))
+    if ns.write:
+        write_section("gateway-overhead", render(r))
+
+
+if __name__ == "__main__":
+    main()
