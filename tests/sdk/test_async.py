@@ -109,7 +109,7 @@ async def test_typed_errors(aclient):
         await aclient.chat.completions.create(model="tiny", messages=CHAT, top_p=0, stream=True)
     assert (err.value.code, err.value.param) == ("INVALID_ARGUMENT", "top_p")
     with pytest.raises(UnimplementedError):
-        await aclient.admin.get_policy()
+        await aclient.admin.create_join_token("pool-x")
 
 
 async def test_concurrent_chats_share_one_client(aclient):

@@ -150,5 +150,5 @@ def test_admin_starts_and_stops_a_worker(client):
 
 def test_admin_calls_the_orchestrator_lacks_raise_unimplemented(client):
     with pytest.raises(UnimplementedError) as err:
-        client.admin.get_policy()
+        client.admin.create_join_token("pool-x")
     assert err.value.code == "UNIMPLEMENTED"

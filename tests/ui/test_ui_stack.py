@@ -230,9 +230,7 @@ def test_policy_activate_builtin_shows_policy_changed(ui, request):
     fact = action.get_by_test_id("action-fact")
     fact.wait_for()
     assert "policy.changed" in fact.inner_text()
-    deadline = time.monotonic() + 10
-    active = w.page.get_by_test_id("policy-active")
-    while active.inner_text() == before and time.monotonic() < deadline:
-        w.page.wait_for_timeout(100)
-    assert w.page.get_by_test_id("policy-active").inner_text() != before
+    # The stack starts on the built-in, so the line may read the same as before; what
+    # must hold is that it names the built-in once the fact has arrived.
+    assert "builtin" in w.page.get_by_test_id("policy-active").inner_text(), before
     no_page_errors(w)
