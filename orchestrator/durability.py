@@ -2,8 +2,11 @@
 
 Every JobEvent is written behind (batched by the store's writer) and is visible to
 clients at once, within the job's committed seq reservation (orchestrator/jobs.py
-explains why that keeps resume honest across a crash). The pump flushes as soon as
-anything is pending, so the stored log trails the live one by about one group commit.
+explains why that keeps resume honest across a crash). The store's writer lets
+write-behind events linger briefly (store/writer.py), so a token stream is a few
+commits a second rather than one per token; the pump checks for write-behind
+failures every FLUSH_EVERY_S while events flow. The stored log trails the live one by
+about that much, which a crash may lose and recovery realigns.
 A job's row is committed before its first event is visible (insert), and its outcome
 before its final event (the loop's order); a reservation that runs out is extended
 with one row write. Without a store (tests, in-memory use) events are visible at once.
@@ -23,6 +26,9 @@ from orchestrator.store import JobRow, Store
 def row_of(job: JobRecord) -> JobRow:
     return JobRow.from_job(job.to_proto(), queue_order=job.order, priority=int(job.priority),
                            not_before=job.not_before)
+
+
+FLUSH_EVERY_S = 0.2
 
 
 class Durability:
@@ -89,11 +95,11 @@ class Durability:
                 continue
             job.reservation_committed(reserved)
 
-    async def save(self, job: JobRecord) -> None:
+    async def save(self, job: JobRecord, *, urgent: bool = True) -> None:
         """Write the job's row; returns once committed."""
         if self.store is not None:
             reserved = job.seq_reserved
-            await self.store.update_job(row_of(job))
+            await self.store.update_job(row_of(job), urgent=urgent)
             job.reservation_committed(reserved)
 
     def save_soon(self, job: JobRecord) -> None:
@@ -103,13 +109,16 @@ class Durability:
 
     async def _save_logged(self, job: JobRecord) -> None:
         try:
-            await self.save(job)
+            # Not urgent: nothing waits on it, so it shares the writer's next commit.
+            await self.save(job, urgent=False)
         except Exception as exc:  # the next save of this job carries the state again
             log.emit("orchestrator", "store.write_failed", repr(exc), level="error", job_id=job.job_id)
 
     async def _pump(self) -> None:
         while True:
             await self._kick.wait()
+            # Not at once: an awaited flush would end the writer's linger every token.
+            await asyncio.sleep(FLUSH_EVERY_S)
             self._kick.clear()
             batch, self._pending = self._pending, {}
             try:

@@ -215,9 +215,18 @@ async def _stream(request: Request, streams: Sequence[JobEvents], req: GenReques
                             "model": req.model, "system_fingerprint": None}
     # With include_usage every chunk says "usage": null; the usage chunk comes last.
     tail = {"usage": None} if req.include_usage else {}
+    # Every chunk is head + one choice + tail: the head and tail are encoded once (again
+    # only when the fingerprint arrives), each token encodes just its choice.
+    suffix = "]," + sse.compact(tail)[1:] if tail else "]}"
+    frame = {"prefix": ""}
+
+    def reframe() -> None:
+        frame["prefix"] = "data: " + sse.compact(head)[:-1] + ',"choices":['
 
     def chunk(choice: dict[str, Any]) -> str:
-        return sse.data({**head, "choices": [choice], **tail})
+        return frame["prefix"] + sse.compact(choice) + suffix + "\n\n"
+
+    reframe()
 
     try:
         for index in sorted(outcome.choices):
@@ -234,7 +243,9 @@ async def _stream(request: Request, streams: Sequence[JobEvents], req: GenReques
                                 if req.wants_logprobs else None)
                     yield chunk(flavor.delta(choice.index, event.tokens.text, logprobs))
                 else:
-                    head["system_fingerprint"] = outcome.fingerprint
+                    if head["system_fingerprint"] != outcome.fingerprint:
+                        head["system_fingerprint"] = outcome.fingerprint
+                        reframe()
                     yield chunk(flavor.finish(choice.index, choice.finish_reason or "stop"))
         outcome.check_done()
         if req.include_usage:

@@ -47,6 +47,8 @@ from orchestrator.store.schema import (api_keys, audit_log, job_events, jobs, po
 from orchestrator.store.writer import Kind, Writer
 
 DEFAULT_BATCH_SIZE = 512
+# A streaming job's events wait this long for company before they commit.
+DEFAULT_LINGER_S = 0.05
 
 
 def url_for_data_dir(data_dir: Path) -> str:
@@ -65,19 +67,21 @@ class Store:
 
     @classmethod
     async def open(cls, url: str, *, schema: str | None = None,
-                   batch_size: int = DEFAULT_BATCH_SIZE) -> Store:
+                   batch_size: int = DEFAULT_BATCH_SIZE,
+                   linger_s: float = DEFAULT_LINGER_S) -> Store:
         """Connect, apply pending migrations, start the writer.
 
         `url`: sqlite+aiosqlite:///path (parent folders are created) or
         postgresql+asyncpg://user:pw@host/db. `schema`: PostgreSQL only, a schema of
-        its own (created if missing). `batch_size`: most units per commit."""
+        its own (created if missing). `batch_size`: most units per commit.
+        `linger_s`: how long write-behind work may wait for company (store/writer.py)."""
         engine = make_engine(url, schema=schema)
         try:
             await migrate(engine, schema=schema)
         except Exception as e:
             await engine.dispose()
             raise StoreError(f"cannot open the store: {type(e).__name__}: {e}") from e
-        return cls(engine, Writer(engine, batch_size=batch_size))
+        return cls(engine, Writer(engine, batch_size=batch_size, linger_s=linger_s))
 
     async def close(self) -> None:
         """Flush queued writes, stop the writer, release connections. Idempotent; raises
@@ -107,10 +111,11 @@ class Store:
         idempotency_key (or job_id) is already taken — nothing written then."""
         await self._submit(Kind.INSERT, row.to_values())
 
-    async def update_job(self, row: JobRow) -> None:
+    async def update_job(self, row: JobRow, *, urgent: bool = True) -> None:
         """Write the row's mutable columns (status, attempts, times, order, the Job
-        message...) — an upsert on job_id; durable when it returns."""
-        await self._submit(Kind.UPSERT, row.to_values())
+        message...) — an upsert on job_id; durable when it returns. Not `urgent`: it
+        may wait for the writer's linger (store/writer.py) and share its commit."""
+        await self._submit(Kind.UPSERT, row.to_values(), urgent=urgent)
 
     def append_events(self, events: Iterable[events_pb2.JobEvent]) -> None:
         """Queue events for writing and return at once (write-behind). A failure is
@@ -128,9 +133,9 @@ class Store:
         self._check_open()
         await self._writer.flush()
 
-    async def _submit(self, kind: Kind, values: dict) -> None:
+    async def _submit(self, kind: Kind, values: dict, *, urgent: bool = True) -> None:
         self._check_open()
-        await self._writer.submit(kind, values)
+        await self._writer.submit(kind, values, urgent=urgent)
 
     def _check_open(self) -> None:
         if self._closed:

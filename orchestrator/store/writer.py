@@ -5,7 +5,13 @@ writer task — the only code that writes — takes everything queued, up to
 `batch_size` units (a job row or an event is one unit), and writes it in ONE
 transaction: one executemany per statement. After the commit it resolves each
 caller's future. While a batch is being written the next one accumulates, so the
-batch size follows the load and an idle store commits each write at once.
+batch size follows the load and an idle store commits an awaited write at once.
+
+Write-behind lingers. When only write-behind operations are queued (a streaming
+job's events, nobody waiting on them), the writer waits up to `linger_s` for more
+before it commits, so a token stream costs a few commits a second instead of one
+per token. Any awaited operation (or a full batch) ends the wait at once, and it
+commits everything queued before it, so ordering and the contracts below hold.
 
 Contracts
 - An awaited write (insert/update/flush) has committed when its future resolves, or
@@ -56,6 +62,7 @@ class _Op:
     # (statement, list[dict]) for ROWS
     future: asyncio.Future | None  # None: write-behind
     units: int
+    urgent: bool = False  # an awaited write that ends the writer's linger
 
 
 def _upsert_statement(dialect: str) -> Any:
@@ -71,10 +78,14 @@ def _upsert_statement(dialect: str) -> Any:
 class Writer:
     """The single writer task. Owned by Store; not part of the public API."""
 
-    def __init__(self, engine: AsyncEngine, *, batch_size: int = 512):
+    def __init__(self, engine: AsyncEngine, *, batch_size: int = 512,
+                 linger_s: float = 0.05) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if linger_s < 0:
+            raise ValueError("linger_s must be >= 0")
         self.batch_size = batch_size
+        self.linger_s = linger_s
         self.commits = 0  # transactions committed (for tests and metrics)
         self.written = 0  # units committed
         # Writes take SQLite's write lock at BEGIN (see engine.py); no-op on PostgreSQL.
@@ -84,6 +95,10 @@ class Writer:
         self._insert_events = insert(job_events)
         self._pending: deque[_Op] = deque()
         self._wake = asyncio.Event()
+        # Set when someone waits on a queued write (or a batch is full): no lingering.
+        self._urgent = asyncio.Event()
+        self._waiting = 0  # queued urgent operations
+        self._units = 0  # units queued
         self._stopping = False
         self._dead: BaseException | None = None
         self._background_errors: list[StoreError] = []
@@ -93,12 +108,20 @@ class Writer:
     # ---- callers' side -----------------------------------------------------------------
 
     def submit(self, kind: Kind, values: Any, *, units: int = 1,
-               wait: bool = True) -> asyncio.Future | None:
-        """Queue one operation; returns the future to await (None when not `wait`)."""
+               wait: bool = True, urgent: bool = True) -> asyncio.Future | None:
+        """Queue one operation; returns the future to await (None when not `wait`).
+        A non-`urgent` awaited write lingers like write-behind work (its caller can
+        wait: a state change nobody blocks on); an urgent one is committed at once."""
         if self._dead is not None or self._stopping:
             raise StoreClosed("the store is closed") from self._dead
         fut = asyncio.get_running_loop().create_future() if wait else None
-        self._pending.append(_Op(kind, values, fut, units))
+        urgent = wait and urgent
+        self._pending.append(_Op(kind, values, fut, units, urgent))
+        self._units += units
+        if urgent:
+            self._waiting += 1
+        if urgent or self._units >= self.batch_size:
+            self._urgent.set()
         self._wake.set()
         return fut
 
@@ -120,6 +143,7 @@ class Writer:
         finally:
             self._stopping = True
             self._wake.set()
+            self._urgent.set()
             await asyncio.gather(self._task, return_exceptions=True)
 
     # ---- the task ----------------------------------------------------------------------
@@ -131,6 +155,8 @@ class Writer:
                     return
                 self._wake.clear()
                 await self._wake.wait()
+            if not self._waiting and self.linger_s and not self._stopping:
+                await self._linger()
             batch = self._take()
             try:
                 await self._write(batch)
@@ -139,6 +165,17 @@ class Writer:
                 self._dead = e
                 raise
 
+    async def _linger(self) -> None:
+        """Only write-behind work is queued: give it `linger_s` to grow, unless an
+        awaited write, a full batch or stop() comes first."""
+        self._urgent.clear()
+        if self._waiting or self._units >= self.batch_size:
+            return
+        try:
+            await asyncio.wait_for(self._urgent.wait(), self.linger_s)
+        except asyncio.TimeoutError:
+            pass
+
     def _take(self) -> list[_Op]:
         batch: list[_Op] = []
         units = 0
@@ -146,6 +183,9 @@ class Writer:
             op = self._pending.popleft()
             batch.append(op)
             units += op.units
+            if op.urgent:
+                self._waiting -= 1
+        self._units -= units
         return batch
 
     def _on_exit(self, task: asyncio.Task) -> None:
