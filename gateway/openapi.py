@@ -403,14 +403,14 @@ class QueueDepth(_Doc):
 class Cluster(_Doc):
     """GET /v2/cluster: one snapshot of the cluster (ClientService.GetClusterSnapshot)."""
 
-    fact_id: int | None = Field(description="the last fact the snapshot includes; null "
-                                            "while the orchestrator does not say")
+    fact_id: int = Field(description="the last fact the snapshot includes (0: none yet): "
+                                     "resume the fact stream after it")
     time: str | None
     mode: str
     pools: list[Pool]
     queue: list[QueueDepth]
     models: list[CatalogModel]
-    pins: list[Pin] | None = Field(description="null while the orchestrator does not say")
+    pins: list[Pin] = Field(description="every pin, one per (model, pool)")
     active_jobs: list[Task]
 
 

@@ -18,9 +18,10 @@ import functools
 import uuid
 
 import grpc
+from google.protobuf import timestamp_pb2
 
 from common.errors import OrchError
-from llama_orch.v1 import client_pb2, client_pb2_grpc, common_pb2
+from llama_orch.v1 import admin_pb2, client_pb2, client_pb2_grpc, common_pb2
 from orchestrator import auth, ratelimit, tenancy
 from orchestrator.core import Orchestrator
 from orchestrator.jobs import STATE_OF_STATUS, JobRecord
@@ -49,6 +50,17 @@ async def abort(err: OrchError, context: grpc.aio.ServicerContext) -> None:
     """End the RPC with `err` (raises), telling the guard the outcome first."""
     auth.note_outcome(err.code)
     await err.abort(context)
+
+
+def pin_protos(pins: dict[str, set[tuple[str, str]]]) -> list[admin_pb2.Pin]:
+    """Orchestrator.pins (model ref -> {(pool, device)}) as one Pin per (model, pool),
+    sorted. The orchestrator keeps no pin time in memory: created_at stays unset."""
+    by_pool: dict[tuple[str, str], list[str]] = {}
+    for ref, keys in pins.items():
+        for pool_id, device_id in keys:
+            by_pool.setdefault((ref, pool_id), []).append(device_id)
+    return [admin_pb2.Pin(model_ref=ref, pool_id=pool_id, device_ids=sorted(devices))
+            for (ref, pool_id), devices in sorted(by_pool.items())]
 
 
 def unary(fn):
@@ -143,12 +155,14 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
                                            next_page_token=token)
 
     def _model_info(self, m) -> common_pb2.ModelInfo:
+        pinned = sorted({device for _, device in self.orch.pins.get(m.ref, ())})
         info = common_pb2.ModelInfo(id=m.name, ref=m.ref, context_length=m.context_length,
                                     engine=m.engine, owned_by="llama-orch", size_bytes=m.size_bytes,
                                     memory_estimate_bytes=m.memory_estimate_bytes,
                                     device_count=m.device_count,
                                     supports_logprobs=m.engine == "hf",
-                                    supports_penalties=m.engine == "hf")
+                                    supports_penalties=m.engine == "hf",
+                                    pinned_device_ids=pinned)
         info.created.FromSeconds(m.created)
         return info
 
@@ -163,13 +177,22 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
 
     @unary
     async def GetClusterSnapshot(self, request, context):
+        """The cluster as one consistent picture. Built without an await, so the state
+        is exactly the one after fact `fact_id`: a watcher resuming there (WatchFacts
+        after_id) sees every later change once and no earlier one again."""
         orch = self.orch
+        fact_id = orch.facts.last_id
+        taken = timestamp_pb2.Timestamp()
+        taken.GetCurrentTime()
         pools = []
         for p in orch.registry.pools.values():
+            heard = timestamp_pb2.Timestamp()
+            heard.FromNanoseconds(int(p.heard_at * 1e9))
             info = common_pb2.PoolInfo(pool_id=p.pool_id, inventory=p.inventory, address=p.address,
                                        state=common_pb2.POOL_STATE_DRAINING if p.draining
                                        else common_pb2.POOL_STATE_AVAILABLE,
-                                       workers=[w.to_proto() for w in orch.registry.workers_of(p.pool_id)])
+                                       workers=[w.to_proto() for w in orch.registry.workers_of(p.pool_id)],
+                                       last_heartbeat=heard, models=p.models, version=p.version)
             pools.append(info)
         depth = {common_pb2.PRIORITY_INTERACTIVE: 0, common_pb2.PRIORITY_BATCH: 0}
         for j in orch.queue.values():
@@ -179,7 +202,8 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         return client_pb2.GetClusterSnapshotResponse(
             pools=pools, queue=[client_pb2.QueueDepth(priority=k, depth=v) for k, v in depth.items()],
             models=[self._model_info(m) for m in orch.catalog.models.values()],
-            active_jobs=[tenancy.job_proto(j) for j in active], mode=orch.cfg.mode)
+            active_jobs=[tenancy.job_proto(j) for j in active], mode=orch.cfg.mode,
+            fact_id=fact_id, pins=pin_protos(orch.pins), time=taken)
 
     async def WatchFacts(self, request, context):
         who = auth.principal()

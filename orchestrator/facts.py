@@ -51,6 +51,13 @@ class FactBus:
         self._depth = subscriber_depth
         self._echo = echo
 
+    @property
+    def last_id(self) -> int:
+        """The id of the last fact published (0 before the first). A reader that takes
+        it and the state in one step, without an await between, has a state that
+        includes every fact up to it and none after it."""
+        return self._next_id - 1
+
     def publish(self, kind: int, message: str = "", *, level: int = K.FACT_LEVEL_INFO,
                 job_id: str = "", pool_id: str = "", worker_id: str = "", model_ref: str = "",
                 correlation_id: str = "", component: str = "", **attributes: Any) -> events_pb2.Fact:

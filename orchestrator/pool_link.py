@@ -8,6 +8,9 @@ With TLS on (`security` given), Connect takes only a pool certificate whose pool
 the one registering (platform mode: plus a fresh signed registration), and ends the
 stream when that certificate is revoked (checked at every heartbeat). Join is served
 by orchestrator/join.py; without TLS there is nothing to join.
+
+Heartbeats also become throttled pool.heartbeat facts (orchestrator/heartbeat_facts.py),
+so views follow device memory without polling.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from common.errors import OrchError
 from llama_orch.v1 import events_pb2, pool_link_pb2, pool_link_pb2_grpc
 from orchestrator import join
 from orchestrator.core import Orchestrator
+from orchestrator.heartbeat_facts import HeartbeatFacts
 from orchestrator.registry import PoolRecord
 
 CONNECT = "PoolLinkService/Connect"
@@ -41,6 +45,7 @@ class PoolLinkServicer(pool_link_pb2_grpc.PoolLinkServiceServicer):
     def __init__(self, orch: Orchestrator, security: LinkSecurity | None = None):
         self.orch = orch
         self.security = security
+        self.beats = HeartbeatFacts(orch.facts)  # pool.heartbeat facts, throttled
 
     def _admit(self, reg: pool_link_pb2.PoolRegistration, peer: pki.Identity | None) -> None:
         """The pool's certificate must name the pool that registers; platform mode also
@@ -79,7 +84,8 @@ class PoolLinkServicer(pool_link_pb2_grpc.PoolLinkServiceServicer):
             self._admit(reg, peer)
         except OrchError as err:
             await err.abort(context)
-        pool = PoolRecord(reg.pool_id, reg.inventory, address=reg.address)
+        pool = PoolRecord(reg.pool_id, reg.inventory, address=reg.address,
+                          models=list(reg.models), version=reg.version)
         for w in reg.workers:
             if w.endpoint:
                 tls.announce_worker(w.endpoint, pool.pool_id)
@@ -99,6 +105,7 @@ class PoolLinkServicer(pool_link_pb2_grpc.PoolLinkServiceServicer):
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
+            self.beats.forget(pool.link_id)
             self.orch.pool_lost(pool, "pool link closed")
         if not reader.cancelled() and isinstance(reader.exception(), OrchError):
             await reader.exception().abort(context)
@@ -115,9 +122,12 @@ class PoolLinkServicer(pool_link_pb2_grpc.PoolLinkServiceServicer):
         async for msg in requests:
             kind = msg.WhichOneof("message")
             pool.last_heartbeat = time.monotonic()
+            pool.heard_at = time.time()
             if kind == "heartbeat":
                 self._still_trusted(peer)
                 pool.inventory = msg.heartbeat.inventory
+                pool.models = list(msg.heartbeat.models)
+                self.beats.heartbeat(pool.link_id, pool.pool_id, msg.heartbeat.inventory)
             elif kind == "worker_starting":
                 w = orch.registry.workers.get(msg.worker_starting.worker_id)
                 if w is not None:

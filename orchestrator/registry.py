@@ -151,7 +151,13 @@ class PoolRecord:
     address: str = ""
     available: bool = True
     draining: bool = False
-    last_heartbeat: float = field(default_factory=time.monotonic)
+    last_heartbeat: float = field(default_factory=time.monotonic)  # for the liveness check
+    # Wall-clock time of the last message on the link, for people (GetClusterSnapshot).
+    heard_at: float = field(default_factory=time.time)
+    # What the pool last said it holds (registration, then every heartbeat): cached on
+    # disk, preloaded in RAM. Shown by GetClusterSnapshot; the scheduler does not read it.
+    models: list[common_pb2.ModelResidency] = field(default_factory=list)
+    version: str = ""
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     pending: dict[str, asyncio.Future] = field(default_factory=dict)
     link_id: str = field(default_factory=lambda: uuid.uuid4().hex)

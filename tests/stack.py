@@ -68,6 +68,29 @@ def pids_with(text: str) -> list[int]:
     return found
 
 
+def sim_config(root: Path, devices: dict[str, int], models: dict[str, tuple[int, int]]) -> str:
+    """Config lines (for Stack.extra_config: inside [pool], then new tables) declaring
+    simulated devices {id: bytes} and `sim` models {name: (devices, bytes per device)},
+    each a copy of the tiny model's prompt files with near-instant sim timings. Sizes
+    in TiB keep the host's RAM (every pool's `cpu` device) out of placement."""
+    import json
+    import shutil
+
+    from orchestrator.catalog import TINY_PATH
+    lines = [f'[[pool.devices]]\nid = "{d}"\nmemory_bytes = {size}\n'
+             for d, size in devices.items()]
+    for name, (count, memory) in models.items():
+        folder = root / "models" / name
+        folder.mkdir(parents=True)
+        for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+            shutil.copy(TINY_PATH / f, folder / f)
+        (folder / "sim.json").write_text(json.dumps({
+            "ttft_ms": 1, "ttft_spread_ms": 0, "itl_ms": 1, "itl_spread_ms": 0}))
+        lines.append(f'[models.{name}]\nref = "file:{folder}"\nengine = "sim"\n'
+                     f"devices = {count}\nmemory_bytes = {memory}\n")
+    return "\n".join(lines)
+
+
 @dataclass
 class Stack:
     root: Path

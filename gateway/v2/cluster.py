@@ -12,10 +12,10 @@ caller may read /v2/info. `policy_editable` is false in platform mode, the one m
 where only the built-in policy runs (AdminService.GetPolicy's `editable` says the
 same, but is an audited admin call, refused to client keys).
 
-The snapshot has no `fact_id` (the last fact it includes) and no `pins` yet. Both are
-null until the orchestrator's GetClusterSnapshotResponse has fields of those names
-(`uint64 fact_id`, `repeated Pin pins`), which this module reads when they exist;
-`time` is the snapshot's own when it has one, else when the gateway received it.
+`fact_id` is the id of the last fact the snapshot includes: the UI applies only facts
+after it, and resumes the fact stream (/v2/events?after=) from there. `time` is when
+the orchestrator took the snapshot (when the gateway received it, from an orchestrator
+that does not say).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from importlib import metadata
 from typing import Any
 
 from fastapi import APIRouter, Request
-from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from llama_orch.v1 import client_pb2, common_pb2
 
@@ -70,27 +69,22 @@ async def info(request: Request) -> dict[str, Any]:
     return {"mode": mode, "version": version(), "policy_editable": mode != "platform"}
 
 
-def _field(msg: Message, name: str) -> Any:
-    """msg.<name>, or None where this contract's message has no such field."""
-    return getattr(msg, name) if name in msg.DESCRIPTOR.fields_by_name else None
-
-
 def snapshot_object(snap: client_pb2.GetClusterSnapshotResponse,
                     root_path: str = "") -> dict[str, Any]:
     """GET /v2/cluster's JSON; pools, models and jobs as the rest of /v2 shows them."""
-    fact_id, pins, when = (_field(snap, n) for n in ("fact_id", "pins", "time"))
-    if when is None or not iso(when):
+    when = snap.time
+    if not iso(when):
         when = Timestamp()
         when.GetCurrentTime()
     return {
-        "fact_id": fact_id,
+        "fact_id": snap.fact_id,
         "time": iso(when),
         "mode": snap.mode,
         "pools": [pool_object(p) for p in snap.pools],
         "queue": [{"priority": enum_name(common_pb2.Priority, q.priority, "PRIORITY_"),
                    "depth": q.depth} for q in snap.queue],
         "models": [model_info_object(m) for m in snap.models],
-        "pins": None if pins is None else [pin_object(p) for p in pins],
+        "pins": [pin_object(p) for p in snap.pins],
         "active_jobs": [job_object(j, root_path) for j in snap.active_jobs],
     }
 

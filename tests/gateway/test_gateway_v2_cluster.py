@@ -4,16 +4,15 @@ UI reads them (docs/UI.md, gateway.v2.cluster)."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from types import SimpleNamespace
 
 import httpx
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from llama_orch.v1 import admin_pb2, common_pb2
+from llama_orch.v1 import common_pb2
 
 from common.errors import OrchError
 from gateway.app import create_app
-from gateway.v2.cluster import snapshot_object, version
+from gateway.v2.cluster import version
 from tests.gateway.conftest import in_process
 from tests.gateway.scripted_orchestrator import job_record
 
@@ -85,34 +84,30 @@ async def test_cluster_is_the_snapshot_in_v2_json(client):
         "job-q", "queued", "no ready worker", "/v2/tasks/job-q/events")
 
 
-async def test_what_the_snapshot_lacks_is_null_not_empty(client):
-    # No fact_id and no pins in today's RPC: null says "unknown"; [] would say "none".
+async def test_an_orchestrator_that_stamps_nothing_gets_the_gateways_time(client):
+    # fact_id 0 (no fact yet) and no pins are values, not unknowns: the UI then applies
+    # every fact from the start and shows no pin.
     body = (await client.get("/v2/cluster")).json()
-    assert (body["fact_id"], body["pins"]) == (None, None)
+    assert (body["fact_id"], body["pins"]) == (0, [])
     stamped = datetime.fromisoformat(body["time"].replace("Z", "+00:00"))
     assert abs(datetime.now(timezone.utc) - stamped) < timedelta(seconds=30)
 
 
-class Grown:
-    """A snapshot with the fields the orchestrator is asked to add (docs/UI.md)."""
-
-    def __init__(self, snap, **extra):
-        self._snap, self._extra = snap, extra
-        self.DESCRIPTOR = SimpleNamespace(fields_by_name={
-            **snap.DESCRIPTOR.fields_by_name, **dict.fromkeys(extra)})
-
-    def __getattr__(self, name):
-        return self._extra[name] if name in self._extra else getattr(self._snap, name)
-
-
-def test_fact_id_pins_and_time_are_read_once_the_rpc_has_them(orchestrator):
+async def test_fact_id_pins_and_time_pass_through(client, orchestrator):
     when = Timestamp(seconds=1_700_000_100)
-    pin = admin_pb2.Pin(model_ref="file:/models/tiny", pool_id="local", device_ids=["GPU-0"],
-                        created_at=when)
-    body = snapshot_object(Grown(orchestrator.snapshot, fact_id=1234, pins=[pin], time=when))
+    orchestrator.snapshot.fact_id = 1234
+    orchestrator.snapshot.time.CopyFrom(when)
+    orchestrator.snapshot.pins.add(model_ref="file:/models/tiny", pool_id="local",
+                                   device_ids=["GPU-0"], created_at=when)
+    orchestrator.snapshot.pins.add(model_ref="file:/models/big", pool_id="local",
+                                   device_ids=["GPU-0", "GPU-1"])
+    body = (await client.get("/v2/cluster")).json()
     assert body["fact_id"] == 1234
-    assert body["pins"] == [{"model_ref": "file:/models/tiny", "pool_id": "local",
-                             "device_ids": ["GPU-0"], "created_at": "2023-11-14T22:15:00Z"}]
+    assert body["pins"] == [
+        {"model_ref": "file:/models/tiny", "pool_id": "local", "device_ids": ["GPU-0"],
+         "created_at": "2023-11-14T22:15:00Z"},
+        {"model_ref": "file:/models/big", "pool_id": "local", "device_ids": ["GPU-0", "GPU-1"],
+         "created_at": None}]
     assert body["time"] == "2023-11-14T22:15:00Z"
 
 

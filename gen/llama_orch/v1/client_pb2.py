@@ -22,11 +22,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from llama_orch.v1 import admin_pb2 as llama__orch_dot_v1_dot_admin__pb2
 from llama_orch.v1 import common_pb2 as llama__orch_dot_v1_dot_common__pb2
 from llama_orch.v1 import events_pb2 as llama__orch_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1allama_orch/v1/client.proto\x12\rllama_orch.v1\x1a\x1allama_orch/v1/common.proto\x1a\x1allama_orch/v1/events.proto\"N\n\rSubmitRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.llama_orch.v1.JobSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"C\n\x0eSubmitResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.llama_orch.v1.Job\x12\x10\n\x08\x65xisting\x18\x02 \x01(\x08\"P\n\x0fGenerateRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.llama_orch.v1.JobSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\":\n\x10GenerateResponse\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.llama_orch.v1.JobEvent\"5\n\x10StreamJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\";\n\x11StreamJobResponse\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.llama_orch.v1.JobEvent\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"4\n\x11\x43\x61ncelJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.llama_orch.v1.Job\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"1\n\x0eGetJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.llama_orch.v1.Job\"d\n\x0fListJobsRequest\x12*\n\x08statuses\x18\x01 \x03(\x0e\x32\x18.llama_orch.v1.JobStatus\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"M\n\x10ListJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.llama_orch.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x13\n\x11ListModelsRequest\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.llama_orch.v1.ModelInfo\" \n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\";\n\x10GetModelResponse\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.llama_orch.v1.ModelInfo\"F\n\nQueueDepth\x12)\n\x08priority\x18\x01 \x01(\x0e\x32\x17.llama_orch.v1.Priority\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\x04\"\x1b\n\x19GetClusterSnapshotRequest\"\xcf\x01\n\x1aGetClusterSnapshotResponse\x12&\n\x05pools\x18\x01 \x03(\x0b\x32\x17.llama_orch.v1.PoolInfo\x12(\n\x05queue\x18\x02 \x03(\x0b\x32\x19.llama_orch.v1.QueueDepth\x12(\n\x06models\x18\x03 \x03(\x0b\x32\x18.llama_orch.v1.ModelInfo\x12\'\n\x0b\x61\x63tive_jobs\x18\x04 \x03(\x0b\x32\x12.llama_orch.v1.Job\x12\x0c\n\x04mode\x18\x05 \x01(\t\"]\n\x11WatchFactsRequest\x12&\n\x05kinds\x18\x01 \x03(\x0e\x32\x17.llama_orch.v1.FactKind\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x10\n\x08\x61\x66ter_id\x18\x03 \x01(\x04\"7\n\x12WatchFactsResponse\x12!\n\x04\x66\x61\x63t\x18\x01 \x01(\x0b\x32\x13.llama_orch.v1.Fact2\xbb\x06\n\rClientService\x12\x45\n\x06Submit\x12\x1c.llama_orch.v1.SubmitRequest\x1a\x1d.llama_orch.v1.SubmitResponse\x12M\n\x08Generate\x12\x1e.llama_orch.v1.GenerateRequest\x1a\x1f.llama_orch.v1.GenerateResponse0\x01\x12P\n\tStreamJob\x12\x1f.llama_orch.v1.StreamJobRequest\x1a .llama_orch.v1.StreamJobResponse0\x01\x12N\n\tCancelJob\x12\x1f.llama_orch.v1.CancelJobRequest\x1a .llama_orch.v1.CancelJobResponse\x12\x45\n\x06GetJob\x12\x1c.llama_orch.v1.GetJobRequest\x1a\x1d.llama_orch.v1.GetJobResponse\x12K\n\x08ListJobs\x12\x1e.llama_orch.v1.ListJobsRequest\x1a\x1f.llama_orch.v1.ListJobsResponse\x12Q\n\nListModels\x12 .llama_orch.v1.ListModelsRequest\x1a!.llama_orch.v1.ListModelsResponse\x12K\n\x08GetModel\x12\x1e.llama_orch.v1.GetModelRequest\x1a\x1f.llama_orch.v1.GetModelResponse\x12i\n\x12GetClusterSnapshot\x12(.llama_orch.v1.GetClusterSnapshotRequest\x1a).llama_orch.v1.GetClusterSnapshotResponse\x12S\n\nWatchFacts\x12 .llama_orch.v1.WatchFactsRequest\x1a!.llama_orch.v1.WatchFactsResponse0\x01\x42\'Z%llamaorch/gen/go/llama_orch/v1;orchv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1allama_orch/v1/client.proto\x12\rllama_orch.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19llama_orch/v1/admin.proto\x1a\x1allama_orch/v1/common.proto\x1a\x1allama_orch/v1/events.proto\"N\n\rSubmitRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.llama_orch.v1.JobSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"C\n\x0eSubmitResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.llama_orch.v1.Job\x12\x10\n\x08\x65xisting\x18\x02 \x01(\x08\"P\n\x0fGenerateRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.llama_orch.v1.JobSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\":\n\x10GenerateResponse\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.llama_orch.v1.JobEvent\"5\n\x10StreamJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\";\n\x11StreamJobResponse\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.llama_orch.v1.JobEvent\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"4\n\x11\x43\x61ncelJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.llama_orch.v1.Job\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"1\n\x0eGetJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.llama_orch.v1.Job\"d\n\x0fListJobsRequest\x12*\n\x08statuses\x18\x01 \x03(\x0e\x32\x18.llama_orch.v1.JobStatus\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"M\n\x10ListJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.llama_orch.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x13\n\x11ListModelsRequest\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.llama_orch.v1.ModelInfo\" \n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\";\n\x10GetModelResponse\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.llama_orch.v1.ModelInfo\"F\n\nQueueDepth\x12)\n\x08priority\x18\x01 \x01(\x0e\x32\x17.llama_orch.v1.Priority\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\x04\"\x1b\n\x19GetClusterSnapshotRequest\"\xac\x02\n\x1aGetClusterSnapshotResponse\x12&\n\x05pools\x18\x01 \x03(\x0b\x32\x17.llama_orch.v1.PoolInfo\x12(\n\x05queue\x18\x02 \x03(\x0b\x32\x19.llama_orch.v1.QueueDepth\x12(\n\x06models\x18\x03 \x03(\x0b\x32\x18.llama_orch.v1.ModelInfo\x12\'\n\x0b\x61\x63tive_jobs\x18\x04 \x03(\x0b\x32\x12.llama_orch.v1.Job\x12\x0c\n\x04mode\x18\x05 \x01(\t\x12\x0f\n\x07\x66\x61\x63t_id\x18\x06 \x01(\x04\x12 \n\x04pins\x18\x07 \x03(\x0b\x32\x12.llama_orch.v1.Pin\x12(\n\x04time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"]\n\x11WatchFactsRequest\x12&\n\x05kinds\x18\x01 \x03(\x0e\x32\x17.llama_orch.v1.FactKind\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x10\n\x08\x61\x66ter_id\x18\x03 \x01(\x04\"7\n\x12WatchFactsResponse\x12!\n\x04\x66\x61\x63t\x18\x01 \x01(\x0b\x32\x13.llama_orch.v1.Fact2\xbb\x06\n\rClientService\x12\x45\n\x06Submit\x12\x1c.llama_orch.v1.SubmitRequest\x1a\x1d.llama_orch.v1.SubmitResponse\x12M\n\x08Generate\x12\x1e.llama_orch.v1.GenerateRequest\x1a\x1f.llama_orch.v1.GenerateResponse0\x01\x12P\n\tStreamJob\x12\x1f.llama_orch.v1.StreamJobRequest\x1a .llama_orch.v1.StreamJobResponse0\x01\x12N\n\tCancelJob\x12\x1f.llama_orch.v1.CancelJobRequest\x1a .llama_orch.v1.CancelJobResponse\x12\x45\n\x06GetJob\x12\x1c.llama_orch.v1.GetJobRequest\x1a\x1d.llama_orch.v1.GetJobResponse\x12K\n\x08ListJobs\x12\x1e.llama_orch.v1.ListJobsRequest\x1a\x1f.llama_orch.v1.ListJobsResponse\x12Q\n\nListModels\x12 .llama_orch.v1.ListModelsRequest\x1a!.llama_orch.v1.ListModelsResponse\x12K\n\x08GetModel\x12\x1e.llama_orch.v1.GetModelRequest\x1a\x1f.llama_orch.v1.GetModelResponse\x12i\n\x12GetClusterSnapshot\x12(.llama_orch.v1.GetClusterSnapshotRequest\x1a).llama_orch.v1.GetClusterSnapshotResponse\x12S\n\nWatchFacts\x12 .llama_orch.v1.WatchFactsRequest\x1a!.llama_orch.v1.WatchFactsResponse0\x01\x42\'Z%llamaorch/gen/go/llama_orch/v1;orchv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,48 +36,48 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llama_orch.v1.client_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z%llamaorch/gen/go/llama_orch/v1;orchv1'
-  _globals['_SUBMITREQUEST']._serialized_start=101
-  _globals['_SUBMITREQUEST']._serialized_end=179
-  _globals['_SUBMITRESPONSE']._serialized_start=181
-  _globals['_SUBMITRESPONSE']._serialized_end=248
-  _globals['_GENERATEREQUEST']._serialized_start=250
-  _globals['_GENERATEREQUEST']._serialized_end=330
-  _globals['_GENERATERESPONSE']._serialized_start=332
-  _globals['_GENERATERESPONSE']._serialized_end=390
-  _globals['_STREAMJOBREQUEST']._serialized_start=392
-  _globals['_STREAMJOBREQUEST']._serialized_end=445
-  _globals['_STREAMJOBRESPONSE']._serialized_start=447
-  _globals['_STREAMJOBRESPONSE']._serialized_end=506
-  _globals['_CANCELJOBREQUEST']._serialized_start=508
-  _globals['_CANCELJOBREQUEST']._serialized_end=542
-  _globals['_CANCELJOBRESPONSE']._serialized_start=544
-  _globals['_CANCELJOBRESPONSE']._serialized_end=596
-  _globals['_GETJOBREQUEST']._serialized_start=598
-  _globals['_GETJOBREQUEST']._serialized_end=629
-  _globals['_GETJOBRESPONSE']._serialized_start=631
-  _globals['_GETJOBRESPONSE']._serialized_end=680
-  _globals['_LISTJOBSREQUEST']._serialized_start=682
-  _globals['_LISTJOBSREQUEST']._serialized_end=782
-  _globals['_LISTJOBSRESPONSE']._serialized_start=784
-  _globals['_LISTJOBSRESPONSE']._serialized_end=861
-  _globals['_LISTMODELSREQUEST']._serialized_start=863
-  _globals['_LISTMODELSREQUEST']._serialized_end=882
-  _globals['_LISTMODELSRESPONSE']._serialized_start=884
-  _globals['_LISTMODELSRESPONSE']._serialized_end=946
-  _globals['_GETMODELREQUEST']._serialized_start=948
-  _globals['_GETMODELREQUEST']._serialized_end=980
-  _globals['_GETMODELRESPONSE']._serialized_start=982
-  _globals['_GETMODELRESPONSE']._serialized_end=1041
-  _globals['_QUEUEDEPTH']._serialized_start=1043
-  _globals['_QUEUEDEPTH']._serialized_end=1113
-  _globals['_GETCLUSTERSNAPSHOTREQUEST']._serialized_start=1115
-  _globals['_GETCLUSTERSNAPSHOTREQUEST']._serialized_end=1142
-  _globals['_GETCLUSTERSNAPSHOTRESPONSE']._serialized_start=1145
-  _globals['_GETCLUSTERSNAPSHOTRESPONSE']._serialized_end=1352
-  _globals['_WATCHFACTSREQUEST']._serialized_start=1354
-  _globals['_WATCHFACTSREQUEST']._serialized_end=1447
-  _globals['_WATCHFACTSRESPONSE']._serialized_start=1449
-  _globals['_WATCHFACTSRESPONSE']._serialized_end=1504
-  _globals['_CLIENTSERVICE']._serialized_start=1507
-  _globals['_CLIENTSERVICE']._serialized_end=2334
+  _globals['_SUBMITREQUEST']._serialized_start=161
+  _globals['_SUBMITREQUEST']._serialized_end=239
+  _globals['_SUBMITRESPONSE']._serialized_start=241
+  _globals['_SUBMITRESPONSE']._serialized_end=308
+  _globals['_GENERATEREQUEST']._serialized_start=310
+  _globals['_GENERATEREQUEST']._serialized_end=390
+  _globals['_GENERATERESPONSE']._serialized_start=392
+  _globals['_GENERATERESPONSE']._serialized_end=450
+  _globals['_STREAMJOBREQUEST']._serialized_start=452
+  _globals['_STREAMJOBREQUEST']._serialized_end=505
+  _globals['_STREAMJOBRESPONSE']._serialized_start=507
+  _globals['_STREAMJOBRESPONSE']._serialized_end=566
+  _globals['_CANCELJOBREQUEST']._serialized_start=568
+  _globals['_CANCELJOBREQUEST']._serialized_end=602
+  _globals['_CANCELJOBRESPONSE']._serialized_start=604
+  _globals['_CANCELJOBRESPONSE']._serialized_end=656
+  _globals['_GETJOBREQUEST']._serialized_start=658
+  _globals['_GETJOBREQUEST']._serialized_end=689
+  _globals['_GETJOBRESPONSE']._serialized_start=691
+  _globals['_GETJOBRESPONSE']._serialized_end=740
+  _globals['_LISTJOBSREQUEST']._serialized_start=742
+  _globals['_LISTJOBSREQUEST']._serialized_end=842
+  _globals['_LISTJOBSRESPONSE']._serialized_start=844
+  _globals['_LISTJOBSRESPONSE']._serialized_end=921
+  _globals['_LISTMODELSREQUEST']._serialized_start=923
+  _globals['_LISTMODELSREQUEST']._serialized_end=942
+  _globals['_LISTMODELSRESPONSE']._serialized_start=944
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1006
+  _globals['_GETMODELREQUEST']._serialized_start=1008
+  _globals['_GETMODELREQUEST']._serialized_end=1040
+  _globals['_GETMODELRESPONSE']._serialized_start=1042
+  _globals['_GETMODELRESPONSE']._serialized_end=1101
+  _globals['_QUEUEDEPTH']._serialized_start=1103
+  _globals['_QUEUEDEPTH']._serialized_end=1173
+  _globals['_GETCLUSTERSNAPSHOTREQUEST']._serialized_start=1175
+  _globals['_GETCLUSTERSNAPSHOTREQUEST']._serialized_end=1202
+  _globals['_GETCLUSTERSNAPSHOTRESPONSE']._serialized_start=1205
+  _globals['_GETCLUSTERSNAPSHOTRESPONSE']._serialized_end=1505
+  _globals['_WATCHFACTSREQUEST']._serialized_start=1507
+  _globals['_WATCHFACTSREQUEST']._serialized_end=1600
+  _globals['_WATCHFACTSRESPONSE']._serialized_start=1602
+  _globals['_WATCHFACTSRESPONSE']._serialized_end=1657
+  _globals['_CLIENTSERVICE']._serialized_start=1660
+  _globals['_CLIENTSERVICE']._serialized_end=2487
 # @@protoc_insertion_point(module_scope)

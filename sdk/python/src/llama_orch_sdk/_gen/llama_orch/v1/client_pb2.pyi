@@ -1,3 +1,7 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from llama_orch_sdk._gen.llama_orch.v1 import admin_pb2 as _admin_pb2
 from llama_orch_sdk._gen.llama_orch.v1 import common_pb2 as _common_pb2
 from llama_orch_sdk._gen.llama_orch.v1 import events_pb2 as _events_pb2
 from google.protobuf.internal import containers as _containers
@@ -129,18 +133,24 @@ class GetClusterSnapshotRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetClusterSnapshotResponse(_message.Message):
-    __slots__ = ("pools", "queue", "models", "active_jobs", "mode")
+    __slots__ = ("pools", "queue", "models", "active_jobs", "mode", "fact_id", "pins", "time")
     POOLS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_JOBS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    FACT_ID_FIELD_NUMBER: _ClassVar[int]
+    PINS_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
     pools: _containers.RepeatedCompositeFieldContainer[_common_pb2.PoolInfo]
     queue: _containers.RepeatedCompositeFieldContainer[QueueDepth]
     models: _containers.RepeatedCompositeFieldContainer[_common_pb2.ModelInfo]
     active_jobs: _containers.RepeatedCompositeFieldContainer[_common_pb2.Job]
     mode: str
-    def __init__(self, pools: _Optional[_Iterable[_Union[_common_pb2.PoolInfo, _Mapping]]] = ..., queue: _Optional[_Iterable[_Union[QueueDepth, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[_common_pb2.ModelInfo, _Mapping]]] = ..., active_jobs: _Optional[_Iterable[_Union[_common_pb2.Job, _Mapping]]] = ..., mode: _Optional[str] = ...) -> None: ...
+    fact_id: int
+    pins: _containers.RepeatedCompositeFieldContainer[_admin_pb2.Pin]
+    time: _timestamp_pb2.Timestamp
+    def __init__(self, pools: _Optional[_Iterable[_Union[_common_pb2.PoolInfo, _Mapping]]] = ..., queue: _Optional[_Iterable[_Union[QueueDepth, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[_common_pb2.ModelInfo, _Mapping]]] = ..., active_jobs: _Optional[_Iterable[_Union[_common_pb2.Job, _Mapping]]] = ..., mode: _Optional[str] = ..., fact_id: _Optional[int] = ..., pins: _Optional[_Iterable[_Union[_admin_pb2.Pin, _Mapping]]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class WatchFactsRequest(_message.Message):
     __slots__ = ("kinds", "job_id", "after_id")
