@@ -20,6 +20,11 @@ never change them in place: `device_bytes` is replaced whole, and `jobs` (and, i
 platform mode, `tenant_id`: whose jobs the worker runs) change only through `reserve` /
 `unreserve`. From those the FleetIndex keeps each tenant's jobs in slots and the memory
 its workers hold (orchestrator.quota), so quotas cost nothing per cycle.
+
+A record leaves `workers` when its worker is gone (Orchestrator.worker_gone). Its pool
+reports the exit at once but the memory only with its next heartbeat, so until then the
+registry remembers the exit (`Exited`) and the pool's view counts that memory free, not
+as someone else's (pool_view): one eviction makes room, and a second is not needed.
 """
 
 from __future__ import annotations
@@ -186,6 +191,16 @@ class PoolRecord:
                 fut.set_result(pool_link_pb2.CommandResult(
                     ok=False, error=OrchError("POOL_UNAVAILABLE", reason).to_detail()))
         self.pending.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class Exited:
+    """A worker gone since its pool's inventory was taken: what that inventory may still
+    count for it. Kept until a heartbeat no longer does (Registry._heard)."""
+    pid: int  # 0: never known (its memory cannot be told apart by process)
+    device_ids: tuple[str, ...]
+    device_bytes: Mapping[str, int]  # what it reported holding, per device
+    listed_again: bool = False  # a heartbeat since the exit report still listed its pid
 
 
 # ---- the scheduler's halves of a snapshot, kept as views change ----------------------------
@@ -563,6 +578,8 @@ class Registry:
         self._by_pool: dict[str, dict[str, WorkerRecord]] = {}  # records in `workers`
         self._dirty_workers: set[str] = set()  # ids whose view may have changed
         self._dirty_pools: set[str] = set()  # ids whose view may have changed
+        # pool -> worker id -> workers gone since the pool's inventory was taken
+        self._exited: dict[str, dict[str, Exited]] = {}
 
     # ---- the scheduler's halves of a snapshot, kept up to date -------------------------
 
@@ -597,6 +614,7 @@ class Registry:
 
     def _worker_added(self, wid: str, w: WorkerRecord) -> None:
         object.__setattr__(w, "_registry", self)
+        self._forget_exit(wid)  # a record replaced: not an exit
         self._by_pool.setdefault(w.pool_id, {})[wid] = w
         self.phase_counts[w.phase] += 1
         self._dirty_workers.add(wid)
@@ -613,6 +631,22 @@ class Registry:
         self.phase_counts[w.phase] -= 1
         self._dirty_workers.add(wid)
         self._dirty_pools.add(w.pool_id)
+        if w.phase is not WorkerPhase.GONE:  # worker_gone: out of `workers`, then GONE
+            self._note_exit(w)
+
+    def _note_exit(self, w: WorkerRecord) -> None:
+        """The worker is gone: its pool's inventory may count its memory until the next
+        heartbeat (pool_view, _heard)."""
+        if w.pool_id in self.pools:
+            self._exited.setdefault(w.pool_id, {})[w.worker_id] = Exited(
+                w.pid, w.device_ids, MappingProxyType(dict(w.device_bytes)))
+
+    def _forget_exit(self, wid: str) -> None:
+        for pid, exits in list(self._exited.items()):
+            if exits.pop(wid, None) is not None:
+                self._dirty_pools.add(pid)
+                if not exits:
+                    del self._exited[pid]
 
     def _worker_changed(self, w: WorkerRecord, name: str, old: object) -> None:
         self._dirty_workers.add(w.worker_id)
@@ -621,6 +655,10 @@ class Registry:
             self.phase_counts[w.phase] += 1
             if (old is WorkerPhase.GONE) is not (w.phase is WorkerPhase.GONE):
                 self._dirty_pools.add(w.pool_id)  # a pool's view leaves gone workers out
+                if w.phase is WorkerPhase.GONE:  # marked GONE while still in `workers`
+                    self._note_exit(w)
+                else:
+                    self._forget_exit(w.worker_id)
         elif name == "pool_id":
             members = self._by_pool.get(old)
             if members is not None:
@@ -634,12 +672,14 @@ class Registry:
 
     def _pool_added(self, pid: str, pool: PoolRecord) -> None:
         object.__setattr__(pool, "_registry", self)
+        self._exited.pop(pid, None)  # a new link: its inventory is newer than any exit
         self._dirty_pools.add(pid)
         self._dirty_workers.update(self._by_pool.get(pid, ()))  # views need the pool
 
     def _pool_removed(self, pid: str, pool: PoolRecord) -> None:
         if pool._registry is self:
             object.__setattr__(pool, "_registry", None)
+        self._exited.pop(pid, None)
         self._dirty_pools.add(pid)
         self._dirty_workers.update(self._by_pool.get(pid, ()))
 
@@ -647,6 +687,26 @@ class Registry:
         self._dirty_pools.add(pool.pool_id)
         if name in ("available", "draining"):  # worker views depend on both
             self._dirty_workers.update(self._by_pool.get(pool.pool_id, ()))
+        elif name == "inventory" and pool.pool_id in self._exited:
+            self._heard(pool)
+
+    def _heard(self, pool: PoolRecord) -> None:
+        """A heartbeat came after these exit reports: it is believed, unless it still
+        lists an exited worker's process. The pool samples its inventory off its event
+        loop, so a heartbeat sent just after an exit report may have been taken just
+        before the exit; it is given one such heartbeat, no more (memory listed again
+        after that is in use, whoever holds it)."""
+        exits, kept = self._exited.pop(pool.pool_id), {}
+        running = {(dev, w.pid) for w in self.workers_of(pool.pool_id)
+                   if w.phase is not WorkerPhase.GONE for dev in w.device_ids}
+        listed = {(d.id, p.pid) for d in pool.inventory.devices for p in d.processes}
+        for wid, e in exits.items():
+            if not e.listed_again and e.pid and any(
+                    (dev, e.pid) in listed and (dev, e.pid) not in running
+                    for dev in e.device_ids):
+                kept[wid] = Exited(e.pid, e.device_ids, e.device_bytes, listed_again=True)
+        if kept:
+            self._exited[pool.pool_id] = kept
 
     # ---- views -------------------------------------------------------------------------
 
@@ -664,7 +724,11 @@ class Registry:
     def pool_view(self, pool: PoolRecord, workers: list[WorkerRecord] | None = None) -> PoolView:
         """The pool's devices with free memory by the one accounting rule (DeviceView):
         the inventory's `used` includes our workers, so what the pool attributes to them
-        is taken out of it, and each worker then counts once, at what it holds or will."""
+        is taken out of it, and each worker then counts once, at what it holds or will.
+        Workers gone since the inventory was taken (`Exited`) count as ours, holding
+        nothing: what the inventory attributes to them (`freed`: their processes'
+        entries, else their reports) is free, so free = total - external - max(held,
+        seen - freed)."""
         on: dict[str, list[WorkerRecord]] = {}  # device -> our workers with it in their mask
         pids: set[int] = set()
         for w in self.workers_of(pool.pool_id) if workers is None else workers:
@@ -673,6 +737,11 @@ class Registry:
             pids.add(w.pid)
             for dev in w.device_ids:
                 on.setdefault(dev, []).append(w)
+        gone: dict[str, list[Exited]] = {}  # device -> exited workers with it in their mask
+        for e in self._exited.get(pool.pool_id, {}).values():
+            pids.add(e.pid)
+            for dev in e.device_ids:
+                gone.setdefault(dev, []).append(e)
         pids.discard(0)
         devices = []
         inv = pool.inventory
@@ -682,17 +751,31 @@ class Registry:
                 used = total - (inv.ram_available_bytes or d.memory_free_bytes)
             else:
                 total, used = d.memory_total_bytes, d.memory_used_bytes
-            ours = on.get(d.id, ())
-            seen = held = 0
-            if ours:
+            ours, exited = on.get(d.id, ()), gone.get(d.id, ())
+            seen = held = freed = 0
+            if ours or exited:
                 listed = {p.pid for p in d.processes}
                 seen = sum(p.used_memory_bytes for p in d.processes if p.pid in pids)
                 for w in ours:
                     held += w.bytes_on(d.id)
                     if w.pid not in listed:  # no per-process figure: take its own report
                         seen += w.device_bytes.get(d.id, 0)
+                running = {w.pid for w in ours}
+                counted = set()
+                for e in exited:
+                    if e.pid and e.pid in listed and e.pid not in running:  # its own entries
+                        if e.pid not in counted:
+                            counted.add(e.pid)
+                            freed += sum(p.used_memory_bytes for p in d.processes
+                                         if p.pid == e.pid)
+                        continue
+                    mine = e.device_bytes.get(d.id, 0)  # no entry of its own: its report
+                    freed += mine
+                    if e.pid not in listed:
+                        seen += mine
             external = max(0, used - seen)
-            devices.append(DeviceView(d.id, total, total - external - max(held, seen),
+            devices.append(DeviceView(d.id, total,
+                                      total - external - max(held, seen - min(freed, seen)),
                                       _KINDS.get(d.kind, "gpu")))
         return PoolView(pool.pool_id, pool.available and not pool.draining, tuple(devices),
                         tuple(inv.engines) or ("hf",))

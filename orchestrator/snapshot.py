@@ -95,15 +95,20 @@ class WorkerView:
 class DeviceView:
     device_id: str
     total_bytes: int
-    # free = total - external - max(held, seen), so each of our workers counts once:
+    # free = total - external - max(held, seen - freed): each of our workers counts once,
+    # and one gone since the inventory was taken counts as holding nothing:
     #   used     the pool's inventory: everything on the device, our workers included
     #            (NVML for GPUs; RAM in use for the CPU; for a simulated device, what the
     #            pool's own workers hold, as nothing else can be on it)
-    #   seen     the part of `used` the pool attributes to our workers: its per-process
-    #            entries for their pids, else (no entry) the bytes a worker reported
+    #   seen     the part of `used` the pool attributes to our workers (and to those
+    #            gone since): its per-process entries for their pids, else (no entry)
+    #            the bytes a worker reported
     #   external used - seen: memory held outside llama-orch
     #   held     what our non-gone workers hold or will hold: reported bytes, else the
     #            estimate while starting (a worker may not have allocated it yet)
+    #   freed    the part of `seen` of workers gone since the inventory was taken
+    #            (exit reported, inventory not yet updated: registry.Exited): free, not
+    #            external, so one eviction is seen to make room
     free_bytes: int
     kind: str = "gpu"  # gpu | cpu | simulated
 
