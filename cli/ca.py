@@ -70,9 +70,14 @@ def _issue(cfg, ns) -> int:
 
 
 def _revoke(cfg, ns) -> int:
-    from orchestrator.join import revoke_certificate
+    from orchestrator.join import _locked, revoke_certificate
     serial = pki.parse_serial(ns.serial)
-    if revoke_certificate(cfg, ns.serial):
+    # The lock AdminService.RevokeCertificate takes too: the CRL is read, changed and
+    # rewritten, and two revocations at once must not lose one.
+    pki.CA.load(config_mod.pki_dir(cfg))  # no CA: say so before the lock makes pki_dir
+    with _locked(config_mod.pki_dir(cfg)):
+        newly = revoke_certificate(cfg, ns.serial)
+    if newly:
         _say(f"revoked {format(serial, 'x')}; the orchestrator refuses it from its next call")
     else:
         _say(f"{format(serial, 'x')} was revoked already")

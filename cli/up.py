@@ -3,18 +3,27 @@
 Each daemon is its own OS process (the same seams as a lab deployment). Ctrl-C or
 SIGTERM stops them in reverse order, the pool manager stopping its workers; children
 also get SIGTERM from the kernel if `up` itself is killed, so nothing is orphaned.
+
+With security.tls = true, `up` first does what `llama-orch ca init` and
+`llama-orch ca issue --client gateway` would: it creates the CA in pki_dir unless one
+exists and (re)issues <pki_dir>/client-gateway.key/.crt unless they hold a certificate
+of that CA with a third of its lifetime left. The gateway gets them through
+LLAMA_ORCH_TLS_KEY/CERT/CA (common/tls.py) and dials the orchestrator with them; `up`'s
+own readiness probe uses them too. The orchestrator issues its own certificate and the
+pool manager, which can read the CA's key on this machine, its own.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
 
-from common import config as config_mod
+from common import config as config_mod, pki, tls
 
 _PR_SET_PDEATHSIG = 1
 
@@ -26,9 +35,29 @@ def _die_with_parent() -> None:
         pass
 
 
-def _spawn(module: str, args: list[str]) -> subprocess.Popen:
+def _spawn(module: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.DEVNULL,
-                            preexec_fn=_die_with_parent)
+                            preexec_fn=_die_with_parent,
+                            env={**os.environ, **env} if env else None)
+
+
+def gateway_identity(cfg: config_mod.Config) -> tls.Material | None:
+    """TLS on: the gateway's client certificate from the local CA (the CA made first if
+    there is none), issued unless a valid one is there already. None with TLS off."""
+    if not cfg.security.tls:
+        return None
+    dir = config_mod.pki_dir(cfg)
+    ca, created = pki.CA.init(dir)  # before the orchestrator starts: never two CAs racing
+    if created:
+        print(f"llama-orch: created a CA in {dir} (ca.key is 0600: keep it on this machine); "
+              f"fingerprint (sha256) {pki.fingerprint(ca.cert)}", file=sys.stderr)
+    m = tls.Material(dir / "client-gateway.key", dir / "client-gateway.crt", dir / "ca.crt")
+    ca.ensure(m.key, m.cert, "client", "gateway", ttl_s=cfg.security.cert_ttl_s)
+    return m
+
+
+def _env_of(m: tls.Material | None) -> dict[str, str]:
+    return dict(zip(tls.ENV, (str(m.key), str(m.cert), str(m.ca)))) if m else {}
 
 
 def _healthy(url: str) -> bool:
@@ -39,12 +68,20 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def _serving(address: str) -> bool:
-    """The orchestrator answers gRPC health: requests sent now will be admitted."""
+def _serving(address: str, identity: tls.Material | None = None) -> bool:
+    """The orchestrator answers gRPC health: requests sent now will be admitted. With
+    TLS the probe presents `identity` and pins the orchestrator's name, as the gateway."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     try:
-        with grpc.insecure_channel(address) as ch:
+        if identity is None:
+            ch = grpc.insecure_channel(address)
+        else:
+            key, cert, ca = identity.read()
+            ch = grpc.secure_channel(address, grpc.ssl_channel_credentials(ca, key, cert),
+                                     options=[("grpc.ssl_target_name_override",
+                                               pki.ORCHESTRATOR_NAME)])
+        with ch:
             resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
             return resp.status == health_pb2.HealthCheckResponse.SERVING
     except grpc.RpcError:
@@ -53,6 +90,7 @@ def _serving(address: str) -> bool:
 
 def run(config_path: str | None) -> int:
     cfg = config_mod.load(config_path)  # fail fast, with one line, before spawning anything
+    identity = gateway_identity(cfg)
     common = ["--config", config_path] if config_path else []
     stopping = False
 
@@ -67,7 +105,8 @@ def run(config_path: str | None) -> int:
     metrics_url = f"http://{cfg.orchestrator.metrics_listen}/metrics"
     procs.append(("gateway", _spawn("gateway", [*common, "--listen", cfg.gateway.listen,
                                                 "--orchestrator", cfg.gateway.orchestrator,
-                                                "--orchestrator-metrics", metrics_url])))
+                                                "--orchestrator-metrics", metrics_url],
+                                         env=_env_of(identity))))
     url = f"http://{cfg.gateway.listen}"
     announced = False
     code = 0
@@ -78,10 +117,11 @@ def run(config_path: str | None) -> int:
                 code = p.returncode or 1
                 stopping = True
         if (not announced and not stopping and _healthy(url + "/healthz")
-                and _serving(cfg.gateway.orchestrator)):
+                and _serving(cfg.gateway.orchestrator, identity)):
             models = ", ".join(sorted(["tiny", *cfg.models])) if cfg.models else "tiny"
-            print(f"llama-orch is up (home mode): OpenAI API at {url}/v1 — models: {models}. "
-                  "Ctrl-C stops everything.", file=sys.stderr, flush=True)
+            print(f"llama-orch is up ({cfg.mode} mode{', mTLS' if identity else ''}): OpenAI "
+                  f"API at {url}/v1 — models: {models}. Ctrl-C stops everything.",
+                  file=sys.stderr, flush=True)
             announced = True
         time.sleep(0.2)
     _stop_all(procs)

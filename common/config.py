@@ -52,8 +52,13 @@ class OrchestratorConfig:
     default_deadline_ms: int = 5 * 60_000
     max_deadline_ms: int = 30 * 60_000
     cancel_grace_s: float = 5.0
-    # Prometheus text for the orchestrator's metrics (the gateway's /metrics includes it).
+    # Prometheus text for the orchestrator's metrics (the gateway's /metrics includes it):
+    # plain HTTP with no authentication, so loopback by default.
     metrics_listen: str = "127.0.0.1:9101"
+    # Platform mode refuses a non-loopback metrics_listen unless this is true (the
+    # operator's explicit choice to expose the unauthenticated endpoint, e.g. to a
+    # Prometheus behind a firewall). Home mode has security.allow_non_loopback instead.
+    metrics_allow_non_loopback: bool = False
     # State store URL; empty means SQLite in data_dir (sqlite+aiosqlite:///.../state.db).
     database: str = ""
     retry_max_attempts: int = 5
@@ -175,6 +180,14 @@ class Config:
                                   "(set security.allow_non_loopback = true to override)",
                                   param=key)
         o = self.orchestrator
+        metrics_host, _ = split_address(o.metrics_listen, "orchestrator.metrics_listen")
+        if (self.mode == "platform" and not is_loopback(metrics_host)
+                and not o.metrics_allow_non_loopback):
+            raise ConfigError(
+                f"orchestrator.metrics_listen={o.metrics_listen} is not loopback: in platform "
+                "mode the metrics endpoint (plain HTTP, no authentication) binds loopback "
+                "unless orchestrator.metrics_allow_non_loopback = true says to expose it",
+                param="orchestrator.metrics_listen")
         if o.retry_max_attempts < 1 or o.retry_initial_s <= 0 or o.retry_multiplier < 1 or o.retry_cap_s <= 0:
             raise ConfigError("orchestrator.retry_* must be positive (max_attempts >= 1, multiplier >= 1)",
                               param="orchestrator.retry_max_attempts")

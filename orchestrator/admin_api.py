@@ -1,14 +1,17 @@
 """AdminService: operator actions. Each one shows up as a fact.
 
-Calls not implemented yet answer UNIMPLEMENTED (the generated base class), never a
-fake success. Errors carry stable codes: MODEL_NOT_FOUND (not in the catalog),
+Every AdminService method is implemented (tests/orchestrator/test_auth.py checks that
+none is left to the generated base class, which would answer UNIMPLEMENTED). Errors
+carry stable codes: MODEL_NOT_FOUND (not in the catalog),
 POOL_UNAVAILABLE (no such pool connected), DEVICE_NOT_FOUND (not a device of the pool,
 or too few for the model's mask), MODEL_PINNED (evicting a pinned model's files),
 INVALID_ARGUMENT (a malformed request), and whatever a pool answers a command with
 (e.g. INSUFFICIENT_MEMORY from a start's preflight), passed through unchanged.
 
-Pins live in `Orchestrator.pins` (model ref -> {(pool, device)}), in memory only: a
-pinned model's workers on its pinned devices are never evicted (scheduler, validator).
+Pins live in `Orchestrator.pins` (model ref -> {(pool, device)}) and in the store's pins
+table (0005), written first, so a pin survives a restart (Orchestrator.start loads
+them): a pinned model's workers on its pinned devices are never evicted (scheduler,
+validator).
 
 Every method needs an admin-scoped API key when auth is on (orchestrator/auth.py;
 a client key gets PERMISSION_DENIED), and every call is audited unless the audit log
@@ -20,20 +23,28 @@ values); ExportUsage and GetEarnings read the usage ledger (orchestrator/usage.p
 The scheduler policy RPCs (GetPolicy ... ActivatePolicy) use orchestrator/policies.py:
 a policy that does not compile is POLICY_INVALID, any change in platform mode
 POLICY_FORBIDDEN; an activation is a POLICY_CHANGED fact and an AUDIT fact.
+CreateJoinToken, EnrollProviderKey and RevokeCertificate run what `llama-orch ca
+join-token|enroll-provider|revoke` run (orchestrator/join.py, on the files in
+pki_dir): malformed input is INVALID_ARGUMENT naming the field, no CA in pki_dir is
+CONFIG_INVALID (security.pki_dir); each success is an AUDIT fact (a token's secret is
+never in one).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 import uuid
 
 from google.protobuf import timestamp_pb2
 
+from common import pki
+from common.config import pki_dir
 from common.errors import OrchError
 from llama_orch.v1 import admin_pb2, admin_pb2_grpc, common_pb2, events_pb2 as F, pool_link_pb2
-from orchestrator import auth, policies, ratelimit, usage
+from orchestrator import auth, join, policies, ratelimit, usage
 from orchestrator.client_api import unary
 from orchestrator.core import Orchestrator
 from orchestrator.lua_policy import PolicyProblem, decision_fields, dry_run, validate_source
@@ -47,6 +58,11 @@ _SCOPE_PB = {v: k for k, v in _SCOPE_OF.items()}
 MAX_AUDIT_PAGE = 1000
 # ExportUsage answers in one message: a bigger period is refused (the CLI has no cap).
 MAX_EXPORT_RECORDS = 50_000
+# A join token is redeemed by a pool manager starting now, not next month.
+MAX_JOIN_TOKEN_TTL_S = 7 * 24 * 3600
+# An Ed25519 public key as PEM is ~113 bytes; this leaves room for DER and comments.
+MAX_PUBLIC_KEY_BYTES = 4096
+_POOL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}")
 
 
 def new_tenant_id() -> str:
@@ -158,7 +174,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     @unary
     async def PinModel(self, request, context):
         """Pin the model to devices of one pool (none named: all of them), replacing its
-        earlier pin on that pool. Its workers there are never evicted."""
+        earlier pin on that pool. Its workers there are never evicted. Durable (the
+        store's pins table) before it answers: a pin outlives a restart."""
         orch = self.orch
         model = orch.catalog.resolve(request.model)
         if not request.pool_id:
@@ -166,34 +183,47 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         pool = self._pool(request.pool_id)
         devices = self._devices(pool, request.device_ids) or tuple(
             d.id for d in pool.inventory.devices)
-        keys = {k for k in orch.pins.get(model.ref, ()) if k[0] != pool.pool_id}
-        orch.pins[model.ref] = keys | {(pool.pool_id, d) for d in devices}
+        created = time.time()
+        async with orch.pins_lock:
+            if orch.store is not None:
+                try:
+                    await orch.store.set_pin(model.ref, pool.pool_id, devices, created)
+                except StoreError as exc:
+                    raise _unavailable(exc) from None
+            keys = {k for k in orch.pins.get(model.ref, ()) if k[0] != pool.pool_id}
+            orch.pins[model.ref] = keys | {(pool.pool_id, d) for d in devices}
         orch.facts.publish(F.FACT_KIND_MODEL_PINNED, f"pinned to {', '.join(devices)}",
                            pool_id=pool.pool_id, model_ref=model.ref, device_ids=list(devices))
         orch.wake()
-        created = timestamp_pb2.Timestamp()
-        created.GetCurrentTime()
         return admin_pb2.PinModelResponse(pin=admin_pb2.Pin(
             model_ref=model.ref, pool_id=pool.pool_id, device_ids=list(devices),
-            created_at=created))
+            created_at=_ts(created)))
 
     @unary
     async def UnpinModel(self, request, context):
         """Drop the model's pin on one pool (none named: on every pool). Idempotent; the
-        pool need not be connected."""
+        pool need not be connected, nor the model still be in the catalog (a pin loaded
+        from the store is named by its model ref then)."""
         orch = self.orch
-        model = orch.catalog.resolve(request.model)
-        keys = orch.pins.get(model.ref, set())
-        kept = {k for k in keys if request.pool_id and k[0] != request.pool_id}
-        if kept:
-            orch.pins[model.ref] = kept
-        else:
-            orch.pins.pop(model.ref, None)
+        ref = request.model if request.model in orch.pins else \
+            orch.catalog.resolve(request.model).ref
+        async with orch.pins_lock:
+            keys = orch.pins.get(ref, set())
+            kept = {k for k in keys if request.pool_id and k[0] != request.pool_id}
+            if keys - kept and orch.store is not None:
+                try:
+                    await orch.store.delete_pins(ref, request.pool_id)
+                except StoreError as exc:
+                    raise _unavailable(exc) from None
+            if kept:
+                orch.pins[ref] = kept
+            else:
+                orch.pins.pop(ref, None)
         dropped = keys - kept
         for pool_id in sorted({p for p, _ in dropped}):
             devices = sorted(d for p, d in dropped if p == pool_id)
             orch.facts.publish(F.FACT_KIND_MODEL_UNPINNED, f"unpinned from {', '.join(devices)}",
-                               pool_id=pool_id, model_ref=model.ref, device_ids=devices)
+                               pool_id=pool_id, model_ref=ref, device_ids=devices)
         if dropped:
             orch.wake()  # what was pinned may be evicted now, for queued work
         return admin_pb2.UnpinModelResponse()
@@ -436,6 +466,69 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             raise _unavailable(exc) from None
         return admin_pb2.ListAuditEntriesResponse(entries=[audit_proto(r) for r in rows])
 
+    # ---- pool enrolment and certificates (orchestrator/join.py, common/pki.py) ----------------
+    # The same functions `llama-orch ca join-token|enroll-provider|revoke` call, so a token,
+    # key or revocation made either way is the same file in pki_dir. They do blocking
+    # file I/O under a file lock the CLI may hold: each runs in a thread.
+
+    @unary
+    async def CreateJoinToken(self, request, context):
+        """A single-use token for one pool id (a DNS label: letters, digits, '-'), valid
+        ttl_seconds (0: security.join_token_ttl_s; at most MAX_JOIN_TOKEN_TTL_S). The
+        token is in this response only: the files keep its hash, the fact and the audit
+        log the pool id."""
+        # fullmatch here: pki.check_name's `$` also matches before a trailing newline.
+        if not _POOL_ID.fullmatch(request.pool_id):
+            raise OrchError("INVALID_ARGUMENT", "pool_id must be 1-63 letters, digits or '-' "
+                            "(it becomes a DNS name in the pool's certificate)", param="pool_id")
+        pki.check_name("pool", request.pool_id)
+        if request.ttl_seconds > MAX_JOIN_TOKEN_TTL_S:
+            raise OrchError("INVALID_ARGUMENT", f"ttl_seconds is at most {MAX_JOIN_TOKEN_TTL_S} "
+                            "(a join token is meant to be redeemed soon)", param="ttl_seconds")
+        token, expires = await asyncio.to_thread(join.create_join_token, self.orch.cfg,
+                                                 request.pool_id, request.ttl_seconds)
+        self._changed(f"join token for pool {request.pool_id} created, valid until "
+                      f"{expires.isoformat()}", pool_id=request.pool_id,
+                      expires_at=expires.isoformat())
+        return admin_pb2.CreateJoinTokenResponse(token=token, expires_at=_ts(expires.timestamp()))
+
+    @unary
+    async def EnrollProviderKey(self, request, context):
+        """Enrol a provider's Ed25519 public key (raw 32 bytes, or PEM/DER as the CLI
+        takes); its id is derived from the key, so enrolling it again only updates
+        provider_id."""
+        provider_id = request.provider_id
+        if len(provider_id) > 128 or not provider_id.isprintable():
+            raise OrchError("INVALID_ARGUMENT", "provider_id must be printable and at most 128 "
+                            "characters", param="provider_id")
+        if len(request.public_key) > MAX_PUBLIC_KEY_BYTES:
+            raise OrchError("INVALID_ARGUMENT", "a provider key must be an Ed25519 public key "
+                            "(raw 32 bytes or PEM)", param="public_key")
+        key_id = await asyncio.to_thread(join.enroll_provider_key, self.orch.cfg,
+                                         bytes(request.public_key), provider_id)
+        _retarget(key_id)
+        self._changed(f"provider key {key_id} enrolled", provider_key_id=key_id,
+                      provider_id=provider_id)
+        return admin_pb2.EnrollProviderKeyResponse(provider_key_id=key_id)
+
+    @unary
+    async def RevokeCertificate(self, request, context):
+        """Add a certificate's serial (hex, as `ca issue` prints it) to the CRL: every
+        server refuses it from its next call (they re-read ca.crl when it changes), an
+        open pool link at its next heartbeat. Idempotent."""
+        serial = _serial(request.serial_hex)
+        reason = request.reason
+        if len(reason) > 255 or not reason.isprintable():
+            raise OrchError("INVALID_ARGUMENT", "reason must be printable and at most 255 "
+                            "characters", param="reason")
+        serial_hex = format(serial, "x")
+        _retarget(serial_hex)
+        newly = await asyncio.to_thread(_revoke, self.orch.cfg, serial_hex)
+        self._changed(f"certificate {serial_hex} " + ("revoked" if newly else
+                                                     "was revoked already"),
+                      serial_hex=serial_hex, reason=reason, newly_revoked=newly)
+        return admin_pb2.RevokeCertificateResponse()
+
     # ---- usage, billing, earnings (orchestrator/usage.py) ---------------------------------
 
     @unary
@@ -525,6 +618,40 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._changed(f"scheduler policy {row.language} version {row.version} activated",
                       version=row.version, language=row.language)
         return admin_pb2.ActivatePolicyResponse(active=policy_proto(row))
+
+
+def _retarget(target: str) -> None:
+    """Name what the call acted on in its audit entry, where the request has no field
+    the guard reads a target from (auth._TARGET_FIELDS)."""
+    call = auth.current_call()
+    if call is not None:
+        call.target = target
+
+
+def _serial(text: str) -> int:
+    """A certificate serial from hex ("0x" and ':' separators allowed, as pki.parse_serial
+    reads them). X.509 serials are positive and at most 20 octets; anything else could
+    never be in our CRL and would make the CA refuse to sign it."""
+    try:
+        if len(text) > 64 or not text.strip() or not text.isprintable():
+            raise OrchError("INVALID_ARGUMENT", "not a hex serial")
+        serial = pki.parse_serial(text)
+    except OrchError:
+        raise OrchError("INVALID_ARGUMENT", f"{text[:64]!r} is not a certificate serial in hex",
+                        param="serial_hex") from None
+    if not 0 < serial < 1 << 159:
+        raise OrchError("INVALID_ARGUMENT", f"{text!r} is not a certificate serial: X.509 "
+                        "serials are positive and below 2^159", param="serial_hex")
+    return serial
+
+
+def _revoke(cfg, serial_hex: str) -> bool:
+    # pki.CA.revoke reads, changes and rewrites ca.crl: concurrent revocations (ours, or
+    # `llama-orch ca revoke`'s, which takes the same lock) must not lose each other's
+    # serial. flock excludes other threads of this process too (one open file each).
+    pki.CA.load(pki_dir(cfg))  # no CA: CONFIG_INVALID before the lock makes pki_dir
+    with join._locked(pki_dir(cfg)):
+        return join.revoke_certificate(cfg, serial_hex)
 
 
 def policy_proto(row: PolicyVersionRow) -> admin_pb2.PolicyVersion:

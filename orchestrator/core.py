@@ -63,8 +63,11 @@ class Orchestrator:
         self._wake_timer: asyncio.TimerHandle | None = None
         self._optimize_now = asyncio.Event()
         # model ref -> (pool, device) where its workers are never evicted. Set by the
-        # admin API's PinModel/UnpinModel; in memory only (lost on restart, for now).
+        # admin API's PinModel/UnpinModel, which write the store's pins table first and
+        # hold pins_lock across the write and this update (so memory and the store agree
+        # whatever order concurrent calls commit in); start() loads them back.
         self.pins: dict[str, set[tuple[str, str]]] = {}
+        self.pins_lock = asyncio.Lock()
         self._preloads: set[tuple[str, str]] = set()  # (pool, model) hot-loaded or on the way
         self.idempotency: dict[str, str] = {}
         self._order = 0
@@ -90,8 +93,10 @@ class Orchestrator:
     # ---- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Recover unfinished jobs from the store, then start the loops."""
+        """Load the pins, recover unfinished jobs from the store, then start the loops."""
         self.durability.start()
+        if self.store is not None:  # before the first cycle may evict a pinned worker
+            self.pins = await self.store.load_pins()
         if self.cfg.tenancy and self.store is not None:  # before recovery queues jobs
             for tid, limits in (await quota_store.load(self.store)).items():
                 self.tenant_limits_changed(tid, limits)

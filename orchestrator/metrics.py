@@ -1,4 +1,5 @@
-"""Orchestrator metrics (Prometheus), served on their own loopback port.
+"""Orchestrator metrics (Prometheus), served on their own loopback port (plain HTTP;
+platform mode refuses another bind unless orchestrator.metrics_allow_non_loopback).
 
 Names carry units and every metric has `component`; no job or tenant ids as labels.
 Only the decision loop and the admission path record into these: policy code stays
@@ -69,5 +70,12 @@ def watch(orch: "Orchestrator") -> None:
 
 
 def serve(address: str) -> None:
+    """Serve /metrics over plain HTTP at `address` (a daemon thread). The endpoint has no
+    authentication: common/config.py keeps it on loopback in platform mode unless
+    orchestrator.metrics_allow_non_loopback says otherwise; any other bind is logged."""
+    from common import config, log
     host, _, port = address.rpartition(":")
+    if not config.is_loopback(host.strip("[]")):
+        log.emit("orchestrator", "metrics.non_loopback", f"metrics served in plaintext, "
+                 f"without authentication, on {address}", level="warning")
     start_http_server(int(port), addr=host, registry=REGISTRY)

@@ -43,7 +43,13 @@ one row per version (numbered 1, 2, ... in order), its language ('lua' or 'built
 source, author (an API key id, or 'config' for cfg.scheduler.policy) and whether it is
 the active one. At most one row is active; none active means the built-in scheduler.
 
-Later migrations add join tokens, ...: not here yet.
+pins (0005) — the operator's model pins (AdminService PinModel/UnpinModel): one row per
+(model_ref, pool_id, device_id) where the model's workers are never evicted. The
+orchestrator loads them at start (Orchestrator.pins), so a pin outlives a restart. A pin
+may name a pool that is not connected (yet): the scheduler matches pins to workers.
+
+Join tokens and provider keys live in files in pki_dir, not here (orchestrator/join.py:
+the CLI writes them on the orchestrator's machine while it runs).
 """
 
 from __future__ import annotations
@@ -185,4 +191,12 @@ policy_versions = Table(
     Column("author", String(128), nullable=False, server_default=""),
     Column("active", Boolean, nullable=False, server_default=false()),
     CheckConstraint("language IN ('lua', 'builtin')", name="language"),
+)
+
+pins = Table(
+    "pins", metadata,
+    Column("model_ref", Text, primary_key=True),
+    Column("pool_id", String(128), primary_key=True),
+    Column("device_id", String(128), primary_key=True),
+    Column("created_at", Double, nullable=False),
 )

@@ -23,6 +23,9 @@ The usage ledger (0003) is written behind the same way (append_usage: an upsert 
 job_id, so a job recorded again replaces its row) and read in aggregate for billing
 exports (usage_records) and provider earnings (earnings, summed in the database),
 over a period [start, end) of finished_at.
+
+Pins (0005) are operator-paced like tenants: set_pin and delete_pins commit in their own
+transaction and return once durable; load_pins reads them all back at start.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -42,8 +45,8 @@ from llama_orch.v1 import events_pb2
 from orchestrator.store.engine import make_engine, migrate
 from orchestrator.store.errors import DuplicateKey, StoreClosed, StoreError
 from orchestrator.store.rows import UNFINISHED, JobRow
-from orchestrator.store.schema import (api_keys, audit_log, job_events, jobs, policy_versions,
-                                       tenants, usage_records)
+from orchestrator.store.schema import (api_keys, audit_log, job_events, jobs, pins,
+                                       policy_versions, tenants, usage_records)
 from orchestrator.store.writer import Kind, Writer
 
 DEFAULT_BATCH_SIZE = 512
@@ -412,6 +415,45 @@ class Store:
                 await conn.execute(update(policy_versions).where(
                     policy_versions.c.version == version).values(active=True))
         return PolicyVersionRow.from_db(r)._replace_active(True) if r is not None else None
+
+
+    # ---- model pins (revision 0005) ------------------------------------------------------
+
+    async def set_pin(self, model_ref: str, pool_id: str, device_ids: Iterable[str],
+                      at: float | None = None) -> None:
+        """Pin the model to exactly these devices of the pool, replacing its earlier pin
+        there (in one transaction: never half of each). Durable when it returns."""
+        at = time.time() if at is None else at
+        rows = [{"model_ref": model_ref, "pool_id": pool_id, "device_id": d, "created_at": at}
+                for d in sorted(set(device_ids))]
+        try:
+            async with self._transaction() as conn:
+                await conn.execute(delete(pins).where(pins.c.model_ref == model_ref,
+                                                      pins.c.pool_id == pool_id))
+                if rows:
+                    await conn.execute(insert(pins), rows)
+        except IntegrityError as e:  # another orchestrator's pin of the same pool won
+            raise StoreError(f"pin of {model_ref} on {pool_id} not written: {e.orig}") from e
+
+    async def delete_pins(self, model_ref: str, pool_id: str = "") -> None:
+        """Drop the model's pin on one pool ("": on every pool). Idempotent; durable
+        when it returns."""
+        where = [pins.c.model_ref == model_ref]
+        if pool_id:
+            where.append(pins.c.pool_id == pool_id)
+        async with self._transaction() as conn:
+            await conn.execute(delete(pins).where(*where))
+
+    async def load_pins(self) -> dict[str, set[tuple[str, str]]]:
+        """Every pin as {model_ref: {(pool_id, device_id)}}, the shape of
+        Orchestrator.pins."""
+        async with self._read() as conn:
+            rows = (await conn.execute(select(pins.c.model_ref, pins.c.pool_id,
+                                              pins.c.device_id))).all()
+        found: dict[str, set[tuple[str, str]]] = {}
+        for model_ref, pool_id, device_id in rows:
+            found.setdefault(model_ref, set()).add((pool_id, device_id))
+        return found
 
 
 def _in_period(start: float, end: float, tenant_id: str = "") -> list[Any]:

@@ -13,7 +13,6 @@ from llama_orch_sdk import (
     ChatCompletion,
     InvalidRequestError,
     NotFoundError,
-    UnimplementedError,
 )
 
 pytestmark = pytest.mark.e2e
@@ -108,8 +107,9 @@ async def test_typed_errors(aclient):
     with pytest.raises(InvalidRequestError) as err:
         await aclient.chat.completions.create(model="tiny", messages=CHAT, top_p=0, stream=True)
     assert (err.value.code, err.value.param) == ("INVALID_ARGUMENT", "top_p")
-    with pytest.raises(UnimplementedError):
+    with pytest.raises(InvalidRequestError) as err:  # home mode: no CA to sign with
         await aclient.admin.create_join_token("pool-x")
+    assert (err.value.code, err.value.param) == ("CONFIG_INVALID", "security.pki_dir")
 
 
 async def test_concurrent_chats_share_one_client(aclient):

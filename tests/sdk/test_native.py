@@ -9,7 +9,6 @@ from llama_orch_sdk import (
     InvalidRequestError,
     JobEvent,
     NotFoundError,
-    UnimplementedError,
 )
 
 pytestmark = pytest.mark.e2e
@@ -148,7 +147,8 @@ def test_admin_starts_and_stops_a_worker(client):
         client.admin.start_worker("nope")
 
 
-def test_admin_calls_the_orchestrator_lacks_raise_unimplemented(client):
-    with pytest.raises(UnimplementedError) as err:
+def test_an_admin_call_the_orchestrator_cannot_serve_raises_a_typed_error(client):
+    # Home mode without TLS has no CA, so there is nothing to sign a join token with.
+    with pytest.raises(InvalidRequestError) as err:
         client.admin.create_join_token("pool-x")
-    assert err.value.code == "UNIMPLEMENTED"
+    assert (err.value.code, err.value.param) == ("CONFIG_INVALID", "security.pki_dir")

@@ -58,7 +58,7 @@ async def test_migration_0003_is_head_and_agrees_with_schema_py(store, target):
             revision, tables, tenant_columns, diff = await conn.run_sync(look)
     finally:
         await engine.dispose()
-    assert revision == HEAD == "0004"
+    assert revision == HEAD  # 0003, or a later migration on top of it (0005: pins)
     assert "usage_records" in tables and "submit_rate_per_second" in tenant_columns
     assert diff == []
 
