@@ -44,7 +44,7 @@ ORCHESTRATOR_NAME = "orchestrator.llama-orch"
 CA_TTL_S = 10 * 365 * 24 * 3600
 # Certificates start a little in the past so a peer whose clock is behind accepts them.
 BACKDATE_S = 300
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}")  # fullmatch only: `$` passes a final "\n"
 
 
 def now() -> dt.datetime:
@@ -56,8 +56,10 @@ def check_name(role: str, name: str) -> None:
     if role not in ROLES:
         raise OrchError("INVALID_ARGUMENT", f"unknown role {role!r} (one of {', '.join(ROLES)})",
                         param="role")
-    if role != "orchestrator" and not _NAME.match(name or ""):
-        raise OrchError("INVALID_ARGUMENT", f"{role} name {name!r} must be 1-63 letters, digits "
+    if role != "orchestrator" and not _NAME.fullmatch(name or ""):
+        # Quote at most a label's worth: a hostile name must not make the error huge.
+        shown = repr(name[:64]) + ("..." if len(name) > 64 else "")
+        raise OrchError("INVALID_ARGUMENT", f"{role} name {shown} must be 1-63 letters, digits "
                         "or '-' (it becomes a DNS name in the certificate)", param="pool_id")
 
 

@@ -62,7 +62,6 @@ MAX_EXPORT_RECORDS = 50_000
 MAX_JOIN_TOKEN_TTL_S = 7 * 24 * 3600
 # An Ed25519 public key as PEM is ~113 bytes; this leaves room for DER and comments.
 MAX_PUBLIC_KEY_BYTES = 4096
-_POOL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}")
 
 
 def new_tenant_id() -> str:
@@ -477,10 +476,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         ttl_seconds (0: security.join_token_ttl_s; at most MAX_JOIN_TOKEN_TTL_S). The
         token is in this response only: the files keep its hash, the fact and the audit
         log the pool id."""
-        # fullmatch here: pki.check_name's `$` also matches before a trailing newline.
-        if not _POOL_ID.fullmatch(request.pool_id):
-            raise OrchError("INVALID_ARGUMENT", "pool_id must be 1-63 letters, digits or '-' "
-                            "(it becomes a DNS name in the pool's certificate)", param="pool_id")
         pki.check_name("pool", request.pool_id)
         if request.ttl_seconds > MAX_JOIN_TOKEN_TTL_S:
             raise OrchError("INVALID_ARGUMENT", f"ttl_seconds is at most {MAX_JOIN_TOKEN_TTL_S} "

@@ -105,6 +105,16 @@ def test_bad_names_are_refused(ca, role, name, dns):
     assert err.value.code == "INVALID_ARGUMENT"
 
 
+@pytest.mark.parametrize("name", ["pool-a\n", "pool-a\r", " pool-a", "pool-a "],
+                         ids=["trailing-lf", "trailing-cr", "leading-space", "trailing-space"])
+def test_names_are_matched_whole_so_whitespace_around_them_is_refused(name):
+    # A `$`-anchored re.match lets "pool-a\n" through; the name must match in full.
+    pki.check_name("pool", "pool-a")
+    with pytest.raises(OrchError) as err:
+        pki.check_name("pool", name)
+    assert (err.value.code, err.value.param) == ("INVALID_ARGUMENT", "pool_id")
+
+
 @pytest.mark.parametrize("key", [ec.generate_private_key(ec.SECP384R1()),
                                  ed25519.Ed25519PrivateKey.generate()], ids=["p384", "ed25519"])
 def test_only_p256_keys_are_certified(ca, key):

@@ -10,7 +10,8 @@ used idle worker that is not pinned.
 a. A pin protects from eviction. alpha runs (sim-1), is pinned there from the Models
    view, bravo runs (sim-0); charlie then needs a device: alpha is the least recently
    used idle worker but pinned, so bravo is evicted, and alpha stays, pinned, all along.
-   The control in the same run: once unpinned, bravo's next job evicts alpha.
+   The control in the same run: once unpinned, bravo's next job evicts alpha, and only
+   alpha (charlie keeps its worker).
 b. A policy changes placement. Under the built-in, xray starts on sim-1 (most free).
    The policy editor then activates examples/policies/pin_gpu0.lua, pasted with xray as
    its model and "simulated" as its device kind (sim-0 is the pool's first such
@@ -185,19 +186,29 @@ def test_a_pinned_model_survives_memory_pressure_and_unpinned_it_is_evicted(ui):
     w.screenshot("stack-pin-pressure-events")
 
     # The control: unpinned, alpha (still the least recently used) is what bravo's next
-    # job evicts first. (Whether charlie goes too is not asserted: the scheduler may
-    # evict a second worker while the pool's inventory still counts the first one's
-    # memory, until its next heartbeat.)
+    # job evicts, and only alpha: charlie keeps its worker. One eviction makes room, as
+    # the scheduler counts a stopping worker's memory as on its way and an exited one's
+    # as free until the pool's next heartbeat (registry.Exited); before that, the
+    # stale inventory could make it evict charlie too.
     go(w, "models")
     row.get_by_test_id("unpin").click()
     row.get_by_test_id("pinned").wait_for(state="detached")
     go(w, "cluster")
     run_job(stack, "bravo", seed=4)
     on_device(w, alpha_dev, alpha).wait_for(state="detached")
-    worker_of(w, "bravo")
+    bravo_again, bravo_again_dev = worker_of(w, "bravo")
+    assert bravo_again != bravo and bravo_again_dev == alpha_dev, (bravo_again, bravo_again_dev)
+    assert on_device(w, charlie_dev, charlie).count() == 1
+    assert [x["worker_id"] for p in get(stack, "/v2/cluster")["pools"] for x in p["workers"]
+            if x["worker_id"] == charlie] == [charlie]
     go(w, "events")
     feed_rows(w, "alpha", "model.unpinned").first.wait_for()
     feed_rows(w, "alpha", "worker.stopped").first.wait_for()
+    # Once the feed shows bravo's second worker ready, it has every fact up to then; a
+    # second eviction would have come before it (bravo's worker starts once there is room).
+    feed_rows(w, "bravo", "worker.ready").nth(1).wait_for()
+    assert feed_rows(w, "charlie", "worker.stopped").count() == 0
+    assert feed_rows(w, "bravo", "worker.stopped").count() == 1
     w.screenshot("stack-pin-unpinned-evicted")
     no_page_errors(w)
 

@@ -6,7 +6,7 @@ the gateway app's own routing table (gateway.app.create_app, matched with the sa
 Starlette routing the server uses), so a test skips, naming what is missing, before
 any process is started, and turns on by itself once the endpoints exist. A route the
 gateway has may still answer 501 `unimplemented` because the orchestrator does not
-implement its RPC yet (the policy RPCs today): `needs_rpc` asks the running stack and
+implement its RPC (an older orchestrator): `needs_rpc` asks the running stack and
 skips, naming it, until the orchestrator does. If the gateway does not serve the UI
 at /ui/ yet, a local server does, proxying the API to the gateway
 (tests/ui/servers.py).
@@ -74,7 +74,7 @@ def needs_rpc(stack: Stack, *endpoints: tuple[str, str]) -> None:
                 pass
         except urllib.error.HTTPError as err:
             if err.code == 501:
-                pytest.skip(f"the orchestrator does not implement {method} {path} yet (501)")
+                pytest.skip(f"the orchestrator does not implement {method} {path} (501)")
             raise
 
 
