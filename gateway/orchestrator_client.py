@@ -151,15 +151,18 @@ class OrchestratorClient:
         return reply.model
 
     async def generate(self, spec: common_pb2.JobSpec, caller: Caller, *,
-                       idempotency_key: str = "") -> JobEvents:
+                       idempotency_key: str = "", coalesce: bool = False) -> JobEvents:
         """Submit and wait for the first event (`queued`).
 
         Admission failures are gRPC errors before any event, so they raise here, before
         the HTTP response has started, and can still become a proper status code.
+        `coalesce`: token events that are ready together may come as one (the OpenAI
+        routes show no seqs, so they take it: fewer messages when the stream is behind).
         """
         await self._ready()
         call = self._stub.Generate(
-            client_pb2.GenerateRequest(spec=spec, idempotency_key=idempotency_key),
+            client_pb2.GenerateRequest(spec=spec, idempotency_key=idempotency_key,
+                                       coalesce=coalesce),
             metadata=caller.metadata())
         try:
             msg = await call.read()

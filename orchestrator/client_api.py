@@ -23,6 +23,7 @@ from google.protobuf import timestamp_pb2
 from common.errors import OrchError
 from llama_orch.v1 import admin_pb2, client_pb2, client_pb2_grpc, common_pb2
 from orchestrator import auth, ratelimit, tenancy
+from orchestrator.coalesce import coalesce
 from orchestrator.core import Orchestrator
 from orchestrator.jobs import STATE_OF_STATUS, JobRecord
 from orchestrator.types import JobState
@@ -109,8 +110,13 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
             await abort(err, context)
         finished = False
         try:
-            async for event in job.follow(0):
-                yield client_pb2.GenerateResponse(event=event)
+            if request.coalesce:
+                async for batch in job.follow_batches(0):
+                    for event in coalesce(batch):
+                        yield client_pb2.GenerateResponse(event=event)
+            else:
+                async for event in job.follow(0):
+                    yield client_pb2.GenerateResponse(event=event)
             finished = True
         finally:
             # A streaming client that goes away cancels its job unless it detached.

@@ -169,11 +169,7 @@ class JobRecord:
 
     async def follow(self, after_seq: int = 0) -> AsyncIterator[events_pb2.JobEvent]:
         """Events with seq > after_seq, live, until the terminal state is reached."""
-        if after_seq > self.last_seq:
-            raise OrchError("RESUME_OUT_OF_RANGE",
-                            f"after_seq {after_seq} is beyond the last event ({self.last_seq})",
-                            param="after_seq")
-        at = bisect_right(self.events, after_seq, key=lambda e: e.seq)
+        at = self._start(after_seq)
         while True:
             while at < len(self.events) and self.events[at].seq <= self.visible_seq:
                 at += 1
@@ -181,6 +177,31 @@ class JobRecord:
             if self._closed and at >= len(self.events):
                 return
             await self._changed.wait()
+
+    async def follow_batches(self, after_seq: int = 0
+                             ) -> AsyncIterator[list[events_pb2.JobEvent]]:
+        """As follow(), but each step yields every event visible by then (one or more):
+        a consumer that fell behind catches up in one step (orchestrator/coalesce.py)."""
+        at = self._start(after_seq)
+        while True:
+            end = at
+            while end < len(self.events) and self.events[end].seq <= self.visible_seq:
+                end += 1
+            if end > at:
+                batch, at = self.events[at:end], end
+                yield batch
+                continue
+            if self._closed and at >= len(self.events):
+                return
+            await self._changed.wait()
+
+    def _start(self, after_seq: int) -> int:
+        """Index of the first event with seq > after_seq."""
+        if after_seq > self.last_seq:
+            raise OrchError("RESUME_OUT_OF_RANGE",
+                            f"after_seq {after_seq} is beyond the last event ({self.last_seq})",
+                            param="after_seq")
+        return bisect_right(self.events, after_seq, key=lambda e: e.seq)
 
     def to_proto(self) -> common_pb2.Job:
         job = common_pb2.Job(

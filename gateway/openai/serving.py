@@ -125,14 +125,15 @@ async def _generate_all(client: OrchestratorClient, specs: Sequence[common_pb2.J
     """Admit every job, or none: if one is refused, the others are cancelled and the
     first refusal (in prompt order) is the answer."""
     if len(specs) == 1:
-        return [await client.generate(specs[0], caller, idempotency_key=key)]
+        return [await client.generate(specs[0], caller, idempotency_key=key, coalesce=True)]
     # One key per job, so that a retried request finds each of its jobs again.
     keys = [f"{key}#{i}" if key else "" for i in range(len(specs))]
     if any(len(k) > _MAX_KEY for k in keys):
         raise InvalidInput("INVALID_ARGUMENT", f"Idempotency-Key: at most {_MAX_KEY - 3} "
                            "characters with a list of prompts (each job adds #<i>)",
                            param="Idempotency-Key")
-    results = await asyncio.gather(*(client.generate(spec, caller, idempotency_key=k)
+    results = await asyncio.gather(*(client.generate(spec, caller, idempotency_key=k,
+                                                     coalesce=True)
                                      for spec, k in zip(specs, keys)), return_exceptions=True)
     admitted = [r for r in results if isinstance(r, JobEvents)]
     for result in results:
