@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -162,6 +163,44 @@ async def _run(concurrency: int, per_client: int, one, conns=None) -> tuple[Samp
     return out, time.perf_counter() - t0
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+COMPONENTS = ("gateway", "orchestrator", "pool_manager", "worker")
+
+
+def _processes(root: Path) -> dict[str, int]:
+    """pid of each of the stack's daemons (their command lines name `root`) and of this
+    benchmark (the clients)."""
+    pids = {"clients": os.getpid()}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if not any(str(root).encode() in a for a in args):
+            continue
+        for name in COMPONENTS:
+            if f"{name}".encode() in args and b"-m" in args:
+                pids[name] = int(entry.name)
+    return pids
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+async def _with_cpu(pids: dict[str, int], run) -> tuple[Sample, float, dict[str, float]]:
+    """Run `run` (an _run coroutine); also each process's CPU microseconds per token."""
+    before = {n: _cpu_seconds(p) for n, p in pids.items()}
+    sample, seconds = await run
+    tokens = max(1, sample.tokens)
+    return sample, seconds, {n: round((_cpu_seconds(p) - before[n]) / tokens * 1e6)
+                             for n, p in pids.items()}
+
+
 def _stats(s: Sample, seconds: float) -> dict:
     return {"ttft_p50": round(pct(s.ttft, 50), 2), "ttft_p99": round(pct(s.ttft, 99), 2),
             "itl_p50": round(pct(s.itl, 50), 2), "itl_p99": round(pct(s.itl, 99), 2),
@@ -185,13 +224,17 @@ async def measure(per_client: int) -> dict:
                         client_pb2.GetClusterSnapshotRequest())
                 endpoint = next(w.endpoint for p in snap.pools for w in p.workers)
                 results = {}
+                pids = _processes(root)
                 async with grpc.aio.insecure_channel(endpoint) as wch:
                     stub = worker_pb2_grpc.WorkerServiceStub(wch)
                     for c in CONCURRENCY:
                         await _run(c, 1, _gateway_one, conns)  # warm
-                        d = _stats(*await _run(c, per_client, lambda i, o: _direct_one(stub, i, o)))
-                        g = _stats(*await _run(c, per_client, _gateway_one, conns))
+                        *ds, d_cpu = await _with_cpu(pids, _run(
+                            c, per_client, lambda i, o: _direct_one(stub, i, o)))
+                        *gs, g_cpu = await _with_cpu(pids, _run(c, per_client, _gateway_one, conns))
+                        d, g = _stats(*ds), _stats(*gs)
                         results[c] = {"direct": d, "gateway": g,
+                                      "cpu_us_per_token": {"direct": d_cpu, "gateway": g_cpu},
                                       "added_ttft_p50": round(g["ttft_p50"] - d["ttft_p50"], 2),
                                       "added_ttft_p99": round(g["ttft_p99"] - d["ttft_p99"], 2),
                                       "added_itl_p50": round(g["itl_p50"] - d["itl_p50"], 2),
@@ -214,6 +257,16 @@ def render(r: dict) -> str:
                     f"{d['itl_p50']} / {d['itl_p99']} | {g['itl_p50']} / {g['itl_p99']} | "
                     f"{x['added_itl_p99']} | {g['req_per_s']} | {g['tok_per_s']} |")
     table = "\n".join(rows)
+    cpu_rows = []
+    for c, x in r["by_concurrency"].items():
+        cpu = x.get("cpu_us_per_token")
+        if cpu:
+            d, g = cpu["direct"], cpu["gateway"]
+            cpu_rows.append(f"| {c} | {d.get('worker', '-')} | {d.get('clients', '-')} | "
+                            f"{g.get('gateway', '-')} | {g.get('orchestrator', '-')} | "
+                            f"{g.get('worker', '-')} | {g.get('pool_manager', '-')} | "
+                            f"{g.get('clients', '-')} |")
+    cpu_table = "\n".join(cpu_rows)
     return f"""<!-- gateway-overhead:start -->
 ## What the gateway and orchestrator add (`sim` engine)
 
@@ -229,6 +282,15 @@ orchestrator, pool manager, worker) shares the machine's 2 cores. Times in ms, p
 | concurrency | direct TTFT | gateway TTFT | added TTFT | direct ITL | gateway ITL | added ITL p99 | gateway req/s | gateway tok/s |
 |---:|---|---|---|---|---|---:|---:|---:|
 {table}
+
+CPU per streamed token, in microseconds, by process (user + system time over the
+run, divided by the tokens it delivered; per-request work is included, spread over
+{MAX_TOKENS} tokens). Where the added latency comes from: at concurrency 16 the
+gateway path asks 2 cores for more than they have.
+
+| concurrency | direct: worker | direct: client | gateway | orchestrator | worker | pool manager | client |
+|---:|---:|---:|---:|---:|---:|---:|---:|
+{cpu_table}
 
 Targets (issue 5): added TTFT p50 <= 2 ms and p99 <= 10 ms at concurrency 16; added
 inter-token p99 <= 5 ms.
