@@ -2,7 +2,8 @@
 `security.tls` on versus off, in the same run.
 
 Two lab-mode stacks run side by side on loopback, identical but for `security.tls`
-(auth off in both, so only TLS differs; audit at lab mode's default in both): each an
+(auth off in both, so only TLS differs; audit at lab mode's default in both, so the
+mTLS orchestrator serves through its audited TLS gate, common/tls_gate.py): each an
 orchestrator and a pool manager, the mTLS one joined with a join token, both serving
 the model `simfast` on the sim engine (fixed time to first token and inter-token
 latency, no spread, no slowdown, a slot for every concurrent request). Streamed
@@ -339,7 +340,10 @@ def render(r: dict) -> str:
 
 `python bench/mtls.py --write` — one run, {r['date']}. Two lab-mode stacks side by side
 on loopback (orchestrator + pool manager + sim worker each), identical but for
-`security.tls` (auth off in both; the mTLS pool joined with a join token). Streamed
+`security.tls` (auth off in both; the mTLS pool joined with a join token). The mTLS
+orchestrator terminates TLS in its audited TLS gate (common/tls_gate.py: lab mode audits,
+so the gate is on), which relays each connection to its gRPC server on loopback; the
+numbers include that relay. Streamed
 `ClientService.Generate` calls, {MAX_TOKENS} tokens each, over one long-lived channel per
 stack; sim worker with a fixed {SIM['ttft_ms']} ms time to first token and {SIM['itl_ms']} ms
 between tokens (no spread, no slowdown, {SIM['slots']} slots). Per round and stack:

@@ -41,8 +41,9 @@ CHANNEL_OPTIONS = [
 class Server:
     """A grpc.aio server with health and reflection; `services` are full names."""
 
-    def __init__(self, services: Iterable[str]):
-        self.grpc = grpc.aio.server(options=SERVER_OPTIONS)
+    def __init__(self, services: Iterable[str],
+                 interceptors: Iterable[grpc.aio.ServerInterceptor] = ()):
+        self.grpc = grpc.aio.server(options=SERVER_OPTIONS, interceptors=list(interceptors) or None)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         self.services = list(services)

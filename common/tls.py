@@ -10,7 +10,9 @@
     PeerCheck / guard(...)        who is calling: the certificate's URI SAN role, checked
                                   against the CRL on every call (gRPC Python cannot check
                                   a CRL in the handshake, and interceptors cannot see the
-                                  peer; so servicers are wrapped instead)
+                                  peer; so servicers are wrapped instead). The certificate
+                                  comes from the handshake, or from the orchestrator's
+                                  TLS gate when it terminates TLS (common/tls_gate.py)
 
 Joining pools have no certificate yet, and gRPC Python can either require a verified
 client certificate or not ask for one at all: nothing in between. So the orchestrator
@@ -63,7 +65,8 @@ class Material:
         return ["--tls-key", str(self.key), "--tls-cert", str(self.cert), "--tls-ca", str(self.ca)]
 
 
-def _stamp(paths) -> tuple:
+def file_stamp(paths) -> tuple:
+    """(mtime, size) of each file, None for a missing one: changes when a file is replaced."""
     out = []
     for p in paths:
         try:
@@ -80,14 +83,14 @@ def server_credentials(m: Material, extra_roots: bytes = b"") -> grpc.ServerCred
     gRPC calls the fetcher before every handshake; it re-reads the files only when they
     changed (one stat each), so renewal needs no restart and drops no open stream."""
     paths = (m.key, m.cert, m.ca)
-    state = {"stamp": _stamp(paths)}
+    state = {"stamp": file_stamp(paths)}
 
     def config() -> grpc.ServerCertificateConfiguration:
         key, cert, ca = m.read()
         return grpc.ssl_server_certificate_configuration([(key, cert)], ca + extra_roots)
 
     def fetch():
-        stamp = _stamp(paths)
+        stamp = file_stamp(paths)
         if stamp == state["stamp"]:
             return None
         try:
@@ -172,15 +175,20 @@ class PeerCheck:
     role (URI SAN), "issued by our CA, not the public enrolment CA", and the CRL."""
 
     def __init__(self, ca_cert: x509.Certificate, revocations: pki.Revocations | None = None,
-                 on_refused: Callable[[str, str, OrchError], None] | None = None):
+                 on_refused: Callable[[str, str, OrchError], None] | None = None,
+                 certificate_of: Callable[[object], bytes | None] | None = None):
         self.ca_cert = ca_cert
         self.revocations = revocations
         self.on_refused = on_refused  # (principal, what, error): the audit hook
+        # Where a call's client certificate (PEM) is found: the TLS handshake's auth
+        # context, or, behind the orchestrator's TLS gate, the gate's table of relayed
+        # connections (common/gate_peers.py; None there: not a connection it relays).
+        self.certificate_of = certificate_of or _handshake_certificate
         self._cache: dict[bytes, pki.Identity | None] = {}
 
     def identify(self, context) -> pki.Identity | None:
         """The peer's identity; None without a certificate of ours (none, or enrolment)."""
-        pem = (context.auth_context().get("x509_pem_cert") or [b""])[0]
+        pem = self.certificate_of(context)
         if not pem:
             return None
         key = hashlib.sha256(pem).digest()
@@ -222,6 +230,10 @@ class PeerCheck:
             raise self.refuse(str(ident), what, OrchError(
                 "PERMISSION_DENIED", f"a {ident.role} certificate ({ident}) cannot call {what}"))
         return ident
+
+
+def _handshake_certificate(context) -> bytes:
+    return (context.auth_context().get("x509_pem_cert") or [b""])[0]
 
 
 def guard(servicer, check: PeerCheck, roles: set[str], service: str):

@@ -4,9 +4,11 @@
 
 `principal` is an API key id, "anonymous" (no valid key), "local" (auth off) or, for
 the pool link, the pool's identity; `action` is "<Service>/<Method>"; `outcome` is
-"OK" or the stable error code the caller got. Entries are written behind through the
-store's group-commit writer: an audited call never waits for a commit, and a burst
-of calls shares a few commits. Nothing updates or deletes an entry (store.py offers
+"OK" or the stable error code the caller got. A TLS handshake refused by the
+orchestrator's TLS gate is action "tls.handshake", outcome "refused: <why>" (its
+caller got no code), written at a bounded rate (common/tls_gate.py, refusals.py).
+Entries are written behind through the store's group-commit writer: an audited call
+never waits for a commit, and a burst of calls shares a few commits. Nothing updates or deletes an entry (store.py offers
 insert and read only; the database refuses the rest).
 
 What is audited depends on `security.audit` (ARCHITECTURE §6):

@@ -1,6 +1,7 @@
 """mTLS with real processes: an orchestrator in lab mode (TLS on), a pool manager that
 joins with a token, a job over mTLS end to end, renewal under a live stream, and the
-adversary rows of ARCHITECTURE §6, each refused with a clear error and changing no state.
+adversary rows of ARCHITECTURE §6, each refused with a clear error, audited, and
+changing no state (handshake refusals by the orchestrator's TLS gate, common/tls_gate.py).
 
 One orchestrator and one pool manager serve the whole module (starting them is most of
 the cost); the rows run in order against them, and the last one revokes the pool.
@@ -11,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -113,6 +116,21 @@ class Cluster:
         files = tuple((p.name, p.read_bytes()) for p in sorted(self.pki.glob("*.json")))
         return pools, jobs, files
 
+    def audit(self, after_id: int = 0) -> list:
+        """Committed audit entries with id > after_id (AdminService, as an operator)."""
+        from llama_orch.v1 import admin_pb2, admin_pb2_grpc
+        admin = admin_pb2_grpc.AdminServiceStub(self.channel(self.material("tester")))
+        return list(admin.ListAuditEntries(admin_pb2.ListAuditEntriesRequest(
+            after_id=after_id, page_size=1000), timeout=10).entries)
+
+    def last_audit_id(self) -> int:
+        last = 0
+        while True:  # each ListAuditEntries is audited too: stop at a short page
+            page = self.audit(last)
+            last = page[-1].id if page else last
+            if len(page) < 1000:
+                return last
+
     def wait(self, what: str, predicate, timeout: float = 60.0):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -188,22 +206,82 @@ def test_a_job_runs_over_mtls_end_to_end(cluster):
     assert done.pool_id == "pool-a" and done.usage.completion_tokens > 0
 
 
-@pytest.mark.parametrize("who", ["none", "another CA", "expired"])
-def test_handshake_refusals(cluster, tmp_path, who):
+def tls_alert(addr: str, key: bytes | None, cert: bytes | None, tmp_path: Path) -> str:
+    """The TLS alert the orchestrator answers a client presenting key/cert with. Under
+    TLS 1.3 the client's side of the handshake completes first, so gRPC reports only
+    UNAVAILABLE (its log names the alert); a plain TLS client reads the alert itself."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    if cert is not None:
+        (tmp_path / "alert.key").write_bytes(key)
+        (tmp_path / "alert.crt").write_bytes(cert)
+        ctx.load_cert_chain(tmp_path / "alert.crt", tmp_path / "alert.key")
+    host, port = addr.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock, \
+            ctx.wrap_socket(sock) as conn:
+        try:
+            conn.recv(1)
+        except ssl.SSLError as exc:
+            return exc.reason
+    return "no alert"
+
+
+@pytest.mark.parametrize("who, alert, outcome", [
+    ("none", "TLSV13_ALERT_CERTIFICATE_REQUIRED", "refused: no client certificate"),
+    ("another CA", "TLSV1_ALERT_UNKNOWN_CA", "refused: certificate not issued by a trusted CA"),
+    ("expired", "SSLV3_ALERT_CERTIFICATE_EXPIRED", "refused: certificate has expired"),
+])
+def test_handshake_refusals(cluster, tmp_path, who, alert, outcome):
+    """Refused by the orchestrator's TLS gate: nothing reaches a servicer, the client is
+    told why by a TLS alert, and the refusal is in the audit log (common/tls_gate.py)."""
     ca = pki.CA.load(cluster.pki)
     ca_pem = ca.cert_pem
-    if who == "none":
-        creds = grpc.ssl_channel_credentials(ca_pem)
-    elif who == "another CA":
+    key = cert = None
+    if who == "another CA":
         key, cert = pki.CA.init(tmp_path / "other")[0].issue_new("client", "tester")
-        creds = grpc.ssl_channel_credentials(ca_pem, key, cert)
-    else:
+    elif who == "expired":
         key, cert = ca.issue_new("client", "late", ttl_s=-60)
-        creds = grpc.ssl_channel_credentials(ca_pem, key, cert)
-    before = cluster.state()
+    creds = grpc.ssl_channel_credentials(ca_pem, key, cert)
+    before, last = cluster.state(), cluster.last_audit_id()
     err = refused(lambda: cluster.client(creds=creds).Submit(client_pb2.SubmitRequest(
         spec=C.JobSpec(model="quick", prompt="x")), timeout=10))
     assert err.code == "UNAVAILABLE"  # the TLS handshake fails: nothing reaches a servicer
+    assert tls_alert(cluster.addr, key, cert, tmp_path) == alert
+    entries = cluster.wait("the refusal in the audit log", lambda: [
+        e for e in cluster.audit(last) if e.action == "tls.handshake"])
+    assert {(e.principal, e.target) for e in entries} == {("anonymous", cluster.addr)}
+    assert any(e.outcome.startswith(outcome) for e in entries), [e.outcome for e in entries]
+    assert all(e.correlation_id.startswith("127.0.0.1:") for e in entries)  # the peer
+    assert cluster.state() == before
+
+
+def test_the_grpc_server_behind_the_gate_refuses_a_direct_caller(cluster):
+    """Behind the gate gRPC listens in plaintext on loopback; a local process that dials
+    it directly is refused (UNAUTHENTICATED, audited), Join and Health included."""
+    log = (cluster.root / "orchestrator.log").read_text()
+    internal = json.loads(next(line for line in log.splitlines() if '"tls.gate"' in line))
+    addr = f"127.0.0.1:{internal['internal_port']}"
+    before, last = cluster.state(), cluster.last_audit_id()
+    with grpc.insecure_channel(addr) as ch:
+        err = refused(lambda: client_pb2_grpc.ClientServiceStub(ch).Submit(
+            client_pb2.SubmitRequest(spec=C.JobSpec(model="quick", prompt="x")), timeout=10))
+        assert err.code == "UNAUTHENTICATED" and "TLS gate" in err.message
+        err = refused(lambda: pool_link_pb2_grpc.PoolLinkServiceStub(ch).Join(
+            join_request("pool-z", "x"), timeout=10))
+        assert err.code == "UNAUTHENTICATED"
+        err = refused(lambda: health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(), timeout=10))
+        assert err.code == "UNAUTHENTICATED"
+
+    def refusals():
+        found = [e for e in cluster.audit(last) if e.outcome == "UNAUTHENTICATED"]
+        return found if len(found) >= 3 else None
+
+    entries = cluster.wait("the refusals in the audit log", refusals)
+    assert {(e.principal, e.action) for e in entries} == {
+        ("anonymous", "ClientService/Submit"), ("anonymous", "PoolLinkService/Join"),
+        ("anonymous", "Health/Check")}
     assert cluster.state() == before
 
 
