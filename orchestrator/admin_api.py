@@ -43,7 +43,8 @@ from google.protobuf import timestamp_pb2
 from common import pki
 from common.config import pki_dir
 from common.errors import OrchError
-from llama_orch.v1 import admin_pb2, admin_pb2_grpc, common_pb2, events_pb2 as F, pool_link_pb2
+from common.timestamps import to_seconds, to_timestamp, to_timestamp_or_none
+from llama_orch.v1 import admin_pb2, admin_pb2_grpc, events_pb2 as F, pool_link_pb2
 from orchestrator import auth, join, policies, ratelimit, usage
 from orchestrator.client_api import unary
 from orchestrator.core import Orchestrator
@@ -68,16 +69,10 @@ def new_tenant_id() -> str:
     return "t-" + uuid.uuid4().hex[:12]
 
 
-def _ts(seconds: float) -> timestamp_pb2.Timestamp:
-    t = timestamp_pb2.Timestamp()
-    t.FromNanoseconds(int(seconds * 1e9))
-    return t
-
-
 def tenant_proto(row: TenantRow) -> admin_pb2.Tenant:
     return admin_pb2.Tenant(
         tenant_id=row.id, name=row.name, credit_tokens=row.credit_tokens,
-        created_at=_ts(row.created_at),
+        created_at=to_timestamp(row.created_at),
         quota=admin_pb2.Quota(max_concurrent_jobs=row.max_concurrent_jobs or 0,
                               max_vram_bytes=row.vram_ceiling_bytes or 0,
                               token_budget=row.token_budget or 0, auto_refill=row.auto_refill,
@@ -86,12 +81,12 @@ def tenant_proto(row: TenantRow) -> admin_pb2.Tenant:
 
 def key_proto(row: ApiKeyRow, secret: str = "") -> admin_pb2.ApiKey:
     return admin_pb2.ApiKey(key_id=row.id, tenant_id=row.tenant_id, scope=_SCOPE_PB[row.scope],
-                            name=row.name, created_at=_ts(row.created_at), revoked=row.revoked,
-                            secret=secret)
+                            name=row.name, created_at=to_timestamp(row.created_at),
+                            revoked=row.revoked, secret=secret)
 
 
 def audit_proto(row: AuditRow) -> admin_pb2.AuditEntry:
-    return admin_pb2.AuditEntry(id=row.id, time=_ts(row.time), principal=row.principal,
+    return admin_pb2.AuditEntry(id=row.id, time=to_timestamp(row.time), principal=row.principal,
                                 action=row.action, target=row.target, outcome=row.outcome,
                                 correlation_id=row.correlation_id)
 
@@ -101,7 +96,7 @@ def usage_proto(row: UsageRow) -> admin_pb2.UsageRecord:
         job_id=row.job_id, tenant_id=row.tenant_id, model_ref=row.model_ref,
         pool_id=row.pool_id, provider_id=row.provider_id, prompt_tokens=row.prompt_tokens,
         completion_tokens=row.completion_tokens, duration_ms=row.duration_ms,
-        vram_seconds=row.vram_byte_seconds, finished_at=_ts(row.finished_at))
+        vram_seconds=row.vram_byte_seconds, finished_at=to_timestamp(row.finished_at))
 
 
 def earning_proto(row: EarningRow) -> admin_pb2.Earning:
@@ -110,13 +105,9 @@ def earning_proto(row: EarningRow) -> admin_pb2.Earning:
                              vram_seconds=row.vram_byte_seconds, jobs=row.jobs)
 
 
-def _seconds(ts: timestamp_pb2.Timestamp) -> float:
-    return ts.seconds + ts.nanos / 1e9
-
-
 def _period(start: timestamp_pb2.Timestamp, end: timestamp_pb2.Timestamp) -> tuple[float, float]:
     """[start, end) in epoch seconds; an unset start is the beginning, an unset end now."""
-    a, b = _seconds(start), _seconds(end)
+    a, b = to_seconds(start), to_seconds(end)
     if b and a >= b:
         raise OrchError("INVALID_ARGUMENT", "the period is empty: start must be before end",
                         param="start")
@@ -196,7 +187,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         orch.wake()
         return admin_pb2.PinModelResponse(pin=admin_pb2.Pin(
             model_ref=model.ref, pool_id=pool.pool_id, device_ids=list(devices),
-            created_at=_ts(created)))
+            created_at=to_timestamp(created)))
 
     @unary
     async def UnpinModel(self, request, context):
@@ -273,10 +264,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                            f"pool {pool.pool_id} {'draining' if request.drain else 'undrained'}",
                            pool_id=pool.pool_id, draining=request.drain)
         orch.wake()
-        return admin_pb2.DrainPoolResponse(pool=common_pb2.PoolInfo(
-            pool_id=pool.pool_id, inventory=pool.inventory, address=pool.address,
-            state=common_pb2.POOL_STATE_DRAINING if pool.draining else common_pb2.POOL_STATE_AVAILABLE,
-            workers=[w.to_proto() for w in orch.registry.workers_of(pool.pool_id)]))
+        return admin_pb2.DrainPoolResponse(
+            pool=pool.to_proto(orch.registry.workers_of(pool.pool_id)))
 
     @unary
     async def StopWorker(self, request, context):
@@ -485,7 +474,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._changed(f"join token for pool {request.pool_id} created, valid until "
                       f"{expires.isoformat()}", pool_id=request.pool_id,
                       expires_at=expires.isoformat())
-        return admin_pb2.CreateJoinTokenResponse(token=token, expires_at=_ts(expires.timestamp()))
+        return admin_pb2.CreateJoinTokenResponse(token=token,
+                                                 expires_at=to_timestamp(expires.timestamp()))
 
     @unary
     async def EnrollProviderKey(self, request, context):
@@ -651,7 +641,7 @@ def _revoke(cfg, serial_hex: str) -> bool:
 
 def policy_proto(row: PolicyVersionRow) -> admin_pb2.PolicyVersion:
     return admin_pb2.PolicyVersion(version=row.version, language=row.language, source=row.source,
-                                   created_at=_ts(row.created_at) if row.created_at else None,
+                                   created_at=to_timestamp_or_none(row.created_at),
                                    author=row.author, active=row.active)
 
 

@@ -190,16 +190,8 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         fact_id = orch.facts.last_id
         taken = timestamp_pb2.Timestamp()
         taken.GetCurrentTime()
-        pools = []
-        for p in orch.registry.pools.values():
-            heard = timestamp_pb2.Timestamp()
-            heard.FromNanoseconds(int(p.heard_at * 1e9))
-            info = common_pb2.PoolInfo(pool_id=p.pool_id, inventory=p.inventory, address=p.address,
-                                       state=common_pb2.POOL_STATE_DRAINING if p.draining
-                                       else common_pb2.POOL_STATE_AVAILABLE,
-                                       workers=[w.to_proto() for w in orch.registry.workers_of(p.pool_id)],
-                                       last_heartbeat=heard, models=p.models, version=p.version)
-            pools.append(info)
+        pools = [p.to_proto(orch.registry.workers_of(p.pool_id))
+                 for p in orch.registry.pools.values()]
         depth = {common_pb2.PRIORITY_INTERACTIVE: 0, common_pb2.PRIORITY_BATCH: 0}
         for j in orch.queue.values():
             depth[common_pb2.PRIORITY_BATCH if j.priority else common_pb2.PRIORITY_INTERACTIVE] += 1

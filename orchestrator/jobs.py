@@ -25,9 +25,8 @@ from collections.abc import AsyncIterator
 from bisect import bisect_right
 from dataclasses import dataclass, field
 
-from google.protobuf import timestamp_pb2
-
 from common.errors import OrchError
+from common.timestamps import to_timestamp_or_none
 from llama_orch.v1 import common_pb2, events_pb2
 from orchestrator.admission import Admitted
 from orchestrator.replay import Replay
@@ -52,14 +51,6 @@ SEQ_BLOCK = 1024  # event seqs reserved per commit of the job's row
 
 def new_job_id() -> str:
     return "job-" + uuid.uuid4().hex[:20]
-
-
-def _ts(seconds: float) -> timestamp_pb2.Timestamp | None:
-    if not seconds:
-        return None
-    t = timestamp_pb2.Timestamp()
-    t.FromNanoseconds(int(seconds * 1e9))
-    return t
 
 
 @dataclass(eq=False)
@@ -129,7 +120,8 @@ class JobRecord:
         if self._closed:
             raise RuntimeError(f"{self.job_id}: event after the final event")
         now = time.time()
-        event = events_pb2.JobEvent(job_id=self.job_id, seq=self.next_seq, time=_ts(now), **kind)
+        event = events_pb2.JobEvent(job_id=self.job_id, seq=self.next_seq,
+                                    time=to_timestamp_or_none(now), **kind)
         self.next_seq += 1
         self.events.append(event)
         self.updated_at = now
@@ -208,9 +200,11 @@ class JobRecord:
             job_id=self.job_id, spec=self.spec, status=_STATUS[self.state],
             model_ref=self.model_ref, tenant_id=self.tenant_id, attempts=self.attempts,
             worker_id=self.worker_id,
-            pool_id=self.pool_id, created_at=_ts(self.created_at),
-            updated_at=_ts(self.updated_at or self.created_at), started_at=_ts(self.started_at),
-            finished_at=_ts(self.finished_at), usage=self.usage, finish_reason=self.finish_reason,
+            pool_id=self.pool_id, created_at=to_timestamp_or_none(self.created_at),
+            updated_at=to_timestamp_or_none(self.updated_at or self.created_at),
+            started_at=to_timestamp_or_none(self.started_at),
+            finished_at=to_timestamp_or_none(self.finished_at), usage=self.usage,
+            finish_reason=self.finish_reason,
             seed=self.admitted.seed, last_seq=self.last_seq, correlation_id=self.correlation_id,
             seq_reserved=self.seq_reserved,
             idempotency_key=self.idempotency_key, waiting_reason=self.waiting_reason)

@@ -31,7 +31,7 @@ Reasons (stable prefixes; the numbers are the tenant's own):
   "tenant VRAM ceiling: 24.0 GiB held + 16.0 GiB for a worker > 32.0 GiB"
 
 Who keeps what: the registry counts each tenant's jobs in slots and the VRAM its
-workers hold as slots are reserved and unreserved (registry.FleetIndex); the
+workers hold as slots are reserved and unreserved (fleet.FleetIndex); the
 orchestrator keeps the limits (loaded from the store at start, replaced whole when an
 admin changes them: Orchestrator.tenant_limits_changed / reload_tenant); the snapshot
 carries both; `Ledger` adds what one cycle's dispatches take.

@@ -16,6 +16,7 @@ import time
 import typing
 
 from common.errors import OrchError
+from common.timestamps import to_seconds
 from llama_orch.v1 import common_pb2, events_pb2
 from orchestrator import admission
 from orchestrator.catalog import CatalogModel
@@ -27,10 +28,6 @@ if typing.TYPE_CHECKING:
     from orchestrator.core import Orchestrator
 
 _STATE = STATE_OF_STATUS
-
-
-def _seconds(ts) -> float:
-    return ts.seconds + ts.nanos / 1e9
 
 
 async def _record(orch: "Orchestrator", row: JobRow) -> tuple[JobRecord, OrchError | None]:
@@ -55,8 +52,9 @@ async def _record(orch: "Orchestrator", row: JobRow) -> tuple[JobRecord, OrchErr
                     idempotency_key=pb.idempotency_key, tenant_id=pb.tenant_id or row.tenant_id,
                     order=row.queue_order,
                     state=_STATE.get(pb.status, JobState.QUEUED), attempts=pb.attempts,
-                    worker_id=pb.worker_id, pool_id=pb.pool_id, created_at=_seconds(pb.created_at),
-                    started_at=_seconds(pb.started_at), finished_at=_seconds(pb.finished_at),
+                    worker_id=pb.worker_id, pool_id=pb.pool_id,
+                    created_at=to_seconds(pb.created_at), started_at=to_seconds(pb.started_at),
+                    finished_at=to_seconds(pb.finished_at),
                     finish_reason=pb.finish_reason, waiting_reason=pb.waiting_reason,
                     not_before=row.not_before)
     job.usage.CopyFrom(pb.usage)

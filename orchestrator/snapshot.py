@@ -16,7 +16,7 @@ never O(queued jobs) or O(workers):
   that cannot fit anywhere costs O(1) to rule out.
 - Platform mode (`tenancy`): jobs and busy workers carry their tenant; `tenants`,
   `tenant_running` and `tenant_vram` are what quotas need (orchestrator.quota), kept as
-  slots are reserved (registry.FleetIndex), never by scanning jobs; `owned_slots` says
+  slots are reserved (fleet.FleetIndex), never by scanning jobs; `owned_slots` says
   which free slots only one tenant may fill; `queued` holds per model only heads of
   tenants that may have another job dispatched, found per (model, tenant) in the queue
   index, and `tenant_queues` every tenant's first job and count, held back or not, so a
@@ -26,7 +26,7 @@ never O(queued jobs) or O(workers):
 A snapshot is assembled (`assemble`) from the loop's QueueIndex and a Fleet: the
 immutable worker half (WorkerFacts), pool half (PoolFacts) and what depends on both.
 The orchestrator's registry keeps its Fleet up to date change by change
-(registry.FleetIndex), so taking a snapshot costs O(changes + models x heads) in Python,
+(fleet.FleetIndex), so taking a snapshot costs O(changes + models x heads) in Python,
 not O(workers) (what stays proportional to the workers is C-level copying of the
 containers that changed); `build_snapshot` (and `Snapshot.of`, small lists for tests) builds the Fleet
 from scratch, and is the reference the incremental one is tested against. Decisions name
@@ -288,7 +288,7 @@ def _ranked(desc: Mapping[str, Sequence[int]], k: int) -> tuple[tuple[int, str],
 # ---- the fleet a snapshot is assembled from -----------------------------------------------
 # Workers and pools change a few at a time while a cycle needs all of them, indexed. So a
 # Snapshot is assembled from an immutable Fleet that need not be rebuilt each cycle:
-# registry.FleetIndex keeps one up to date change by change, and `fleet_of` builds one
+# fleet.FleetIndex keeps one up to date change by change, and `fleet_of` builds one
 # from scratch (tests, dry runs, the reference the incremental one is checked against).
 # Only `assemble` reads the queue and the clock.
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from common.errors import OrchError
 from common.model_ref import parse
+from common.timestamps import to_timestamp
 from llama_orch.v1 import common_pb2, pool_link_pb2
 from pool_manager.cache import CachedModel, ModelCache
 from pool_manager.preload import Preloader
@@ -100,16 +101,9 @@ class Models:
         for e in self.cache.entries():
             out[e.ref] = common_pb2.ModelResidency(model_ref=e.ref, cached=True,
                                                    size_bytes=e.size_bytes,
-                                                   last_used_at=_ts(e.last_used))
+                                                   last_used_at=to_timestamp(e.last_used))
         for ref, size, _fraction, last_used in self.preloader.entries():
             r = out.setdefault(self._pinned.get(ref, ref), common_pb2.ModelResidency(
-                model_ref=ref, size_bytes=size, last_used_at=_ts(last_used)))
+                model_ref=ref, size_bytes=size, last_used_at=to_timestamp(last_used)))
             r.preloaded = True
         return list(out.values())
-
-
-def _ts(seconds: float):
-    from google.protobuf import timestamp_pb2
-    t = timestamp_pb2.Timestamp()
-    t.FromNanoseconds(int(seconds * 1e9))
-    return t

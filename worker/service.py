@@ -20,10 +20,10 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from common.errors import OrchError
 from common.log import emit
+from common.timestamps import to_timestamp
 from llama_orch.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from worker.engines.base import Engine
 from worker.job import Control, execute
@@ -41,12 +41,6 @@ class Identity:
     endpoint: str = ""
     pid: int = field(default_factory=os.getpid)
     started_at: float = field(default_factory=time.time)
-
-
-def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
 
 
 def _terminal(event: worker_pb2.ExecuteResponse, choices: int) -> bool:
@@ -138,9 +132,9 @@ class WorkerService(worker_pb2_grpc.WorkerServiceServicer):
             device_ids=ident.device_ids, endpoint=ident.endpoint, pid=ident.pid,
             state=(common_pb2.WORKER_STATE_BUSY if active >= self.slots
                    else common_pb2.WORKER_STATE_READY),
-            device_bytes=self.engine.device_bytes(), started_at=_timestamp(ident.started_at),
+            device_bytes=self.engine.device_bytes(), started_at=to_timestamp(ident.started_at),
             active_jobs=active, slots=self.slots, engine_version=self.engine.version,
-            model_digest=self.engine.digest, last_used_at=_timestamp(self._last_used))
+            model_digest=self.engine.digest, last_used_at=to_timestamp(self._last_used))
 
     async def GetStatus(self, request: worker_pb2.GetStatusRequest,
                         context: grpc.aio.ServicerContext) -> worker_pb2.GetStatusResponse:

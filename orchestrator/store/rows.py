@@ -17,17 +17,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf import timestamp_pb2
-
+from common.timestamps import to_seconds
 from llama_orch.v1 import common_pb2
 
 UNFINISHED = (common_pb2.JOB_STATUS_QUEUED, common_pb2.JOB_STATUS_DISPATCHED,
               common_pb2.JOB_STATUS_RUNNING)
-
-
-def seconds(ts: timestamp_pb2.Timestamp) -> float:
-    """Timestamp -> float epoch seconds; 0.0 when unset."""
-    return ts.seconds + ts.nanos / 1e9 if (ts.seconds or ts.nanos) else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +49,7 @@ class JobRow:
     def from_job(cls, job: common_pb2.Job, *, queue_order: int, priority: int,
                  not_before: float = 0.0, tenant_id: str = "") -> JobRow:
         """Row for `job`; tenant_id defaults to job.tenant_id, created_at to now."""
-        created = seconds(job.created_at) or time.time()
+        created = to_seconds(job.created_at) or time.time()
         return cls(
             job_id=job.job_id,
             idempotency_key=job.idempotency_key or None,
@@ -67,8 +61,8 @@ class JobRow:
             attempts=int(job.attempts),
             not_before=float(not_before),
             created_at=created,
-            updated_at=seconds(job.updated_at) or created,
-            finished_at=seconds(job.finished_at),
+            updated_at=to_seconds(job.updated_at) or created,
+            finished_at=to_seconds(job.finished_at),
             correlation_id=job.correlation_id,
             job=job,
         )

@@ -189,6 +189,9 @@ async def test_a_drained_pool_gets_no_new_work_and_undraining_restores_it(admin)
     assert placed() == [("Dispatch", "w-a")]
     reply = await stub.DrainPool(A.DrainPoolRequest(pool_id="pool-a", drain=True))
     assert reply.pool.state == C.POOL_STATE_DRAINING
+    # The pool as GetClusterSnapshot shows it (one builder: PoolRecord.to_proto).
+    assert [x.worker_id for x in reply.pool.workers] == ["w-a"]
+    assert reply.pool.HasField("last_heartbeat")
     assert all(target != "w-a" and target != "pool-a" for _, target in placed())
     [fact] = facts(orch, E.FACT_KIND_POOL_DRAINING)
     assert fact.pool_id == "pool-a" and fact.attributes["draining"] is True
