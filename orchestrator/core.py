@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import heapq
 import time
 import uuid
@@ -726,10 +727,12 @@ class Orchestrator:
         cfg = optimizer.OptimizerConfig(threshold_queued=o.optimizer_threshold,
                                         interval_s=o.optimizer_interval_s, budget_s=o.optimizer_budget_s)
         while True:
-            try:  # a pool joining or leaving changes what can be served: look again at once
-                await asyncio.wait_for(self._optimize_now.wait(), cfg.interval_s)
-            except asyncio.TimeoutError:
-                pass
+            # A pool joining or leaving changes what can be served: look again at once.
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
+            # arrives as the event is set (a pool leaving at shutdown), and stop() hung.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(cfg.interval_s):
+                    await self._optimize_now.wait()
             self._optimize_now.clear()
             if len(self.index) <= cfg.threshold_queued:
                 if self.advice:

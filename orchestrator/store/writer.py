@@ -33,6 +33,7 @@ Contracts
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 from collections import deque
 from dataclasses import dataclass
@@ -171,10 +172,10 @@ class Writer:
         self._urgent.clear()
         if self._waiting or self._units >= self.batch_size:
             return
-        try:
-            await asyncio.wait_for(self._urgent.wait(), self.linger_s)
-        except asyncio.TimeoutError:
-            pass
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.linger_s):
+                await self._urgent.wait()
 
     def _take(self) -> list[_Op]:
         batch: list[_Op] = []
