@@ -262,10 +262,13 @@ def render(r: dict) -> str:
         cpu = x.get("cpu_us_per_token")
         if cpu:
             d, g = cpu["direct"], cpu["gateway"]
+            tok_s = x["gateway"]["tok_per_s"]
+            busy = {n: f"{g[n] * tok_s / 1e4:.0f}%" for n in ("gateway", "orchestrator") if n in g}
             cpu_rows.append(f"| {c} | {d.get('worker', '-')} | {d.get('clients', '-')} | "
                             f"{g.get('gateway', '-')} | {g.get('orchestrator', '-')} | "
                             f"{g.get('worker', '-')} | {g.get('pool_manager', '-')} | "
-                            f"{g.get('clients', '-')} |")
+                            f"{g.get('clients', '-')} | {busy.get('gateway', '-')} / "
+                            f"{busy.get('orchestrator', '-')} |")
     cpu_table = "\n".join(cpu_rows)
     return f"""<!-- gateway-overhead:start -->
 ## What the gateway and orchestrator add (`sim` engine)
@@ -285,11 +288,13 @@ orchestrator, pool manager, worker) shares the machine's 2 cores. Times in ms, p
 
 CPU per streamed token, in microseconds, by process (user + system time over the
 run, divided by the tokens it delivered; per-request work is included, spread over
-{MAX_TOKENS} tokens). Where the added latency comes from: at concurrency 16 the
-gateway path asks 2 cores for more than they have.
+{MAX_TOKENS} tokens, and at concurrency 1 so is everything a process does while
+idle). "busy" is the share of one core the gateway and the orchestrator used: each
+serves every stream from one Python event loop, so the busier it is, the longer a
+new request's first token waits behind other streams' tokens.
 
-| concurrency | direct: worker | direct: client | gateway | orchestrator | worker | pool manager | client |
-|---:|---:|---:|---:|---:|---:|---:|---:|
+| concurrency | direct: worker | direct: client | gateway | orchestrator | worker | pool manager | client | busy: gateway / orchestrator |
+|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 {cpu_table}
 
 Targets (issue 5): added TTFT p50 <= 2 ms and p99 <= 10 ms at concurrency 16; added
