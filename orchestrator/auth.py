@@ -122,6 +122,11 @@ class Call:
     principal: Principal = LOCAL
     outcome: str = ""  # the stable code the caller got; "" until known
     refusal: str = ""  # why the call was refused, for the audit log
+    # The guard that records it, and whether it has: an error is recorded before its
+    # status is sent (grpc.aio's abort sends it at once, before the handler's cleanup
+    # runs), so a caller that got the error finds the entry after one flush.
+    guard: Guard | None = None
+    recorded: bool = False
 
 
 _CALL: contextvars.ContextVar[Call | None] = contextvars.ContextVar("llama_orch_call",
@@ -139,10 +144,13 @@ def principal() -> Principal:
 
 
 def note_outcome(code: str) -> None:
-    """Tell the guard which stable code the caller is about to get."""
+    """Tell the guard which stable code the caller is about to get; it is recorded now,
+    before the caller can see it (see Call.guard)."""
     call = _CALL.get()
     if call is not None:
         call.outcome = code
+        if call.guard is not None and not call.recorded:
+            call.guard.record(call)
 
 
 def note_refusal(why: str) -> None:
@@ -291,7 +299,7 @@ class Guard:
                     context: grpc.aio.ServicerContext) -> Call:
         """Start a call: who it is, whether it may; aborts the RPC when refused."""
         call = Call(action, admin, _target(request),
-                    _metadata(context, "x-correlation-id")[:128] or uuid.uuid4().hex)
+                    _metadata(context, "x-correlation-id")[:128] or uuid.uuid4().hex, guard=self)
         _CALL.set(call)
         if not self.enabled:
             return call
@@ -304,7 +312,7 @@ class Guard:
             self.keys.used(call.principal)
         except Refused as err:
             call.outcome, call.refusal = err.code, err.why
-            self._record(call, who=err.who)
+            self.record(call, who=err.who)
             if self.facts is not None:
                 self.facts.publish(events_pb2.FACT_KIND_AUTH_DENIED, err.why,
                                    level=events_pb2.FACT_LEVEL_WARNING,
@@ -319,11 +327,15 @@ class Guard:
     def end(self, call: Call, error: BaseException | None,
             context: grpc.aio.ServicerContext) -> None:
         """Finish a call: its outcome into the audit log, if the level covers it."""
+        if call.recorded:
+            return
         if not call.outcome:
             call.outcome = "OK" if error is None else _outcome_of(error, context)
-        self._record(call)
+        self.record(call)
 
-    def _record(self, call: Call, who: str = "") -> None:
+    def record(self, call: Call, who: str = "") -> None:
+        """The call's audit entry (once), if the level covers it."""
+        call.recorded = True
         if not self.audit.covers(admin=call.admin, refused=bool(call.refusal)):
             return
         p = call.principal
