@@ -684,7 +684,8 @@ class Orchestrator:
         self.facts.publish(F.FACT_KIND_WORKER_READY, f"ready in {load_ms} ms", worker_id=w.worker_id,
                            pool_id=pool_id, model_ref=w.model_ref, endpoint=w.endpoint, pid=w.pid,
                            device_bytes={k: float(v) for k, v in w.device_bytes.items()},
-                           load_ms=load_ms, slots=w.slots)
+                           load_ms=load_ms, slots=w.slots, engine=w.engine or None,
+                           engine_version=w.engine_version or None)
         self.wake()
 
     def worker_gone(self, worker_id: str, error: OrchError | None, *, start_failed: bool = False,

@@ -279,6 +279,8 @@ export function applyFact(f: Fact): void {
         w.slots = attr<number>(f, 'slots') ?? w.slots
         w.pid = attr<number>(f, 'pid') ?? w.pid
         w.endpoint = attr<string>(f, 'endpoint') ?? w.endpoint
+        w.engine = attr<string>(f, 'engine') ?? w.engine
+        w.engine_version = attr<string>(f, 'engine_version') ?? w.engine_version
         // Device memory changed: the heartbeat (or a snapshot) brings exact numbers.
         refreshSoon()
       }
