@@ -62,6 +62,16 @@ class Sample:
         self.itl: list[float] = []
         self.tokens = 0
 
+    def arrived(self, t0: float, last: float | None) -> float:
+        """Tokens arrived now for a request sent at t0 whose previous tokens came at
+        `last` (None: these are its first): record the gap; returns now."""
+        now = time.perf_counter()
+        if last is None:
+            self.ttft.append((now - t0) * 1000)
+        else:
+            self.itl.append((now - last) * 1000)
+        return now
+
 
 async def _direct_one(stub, i: int, out: Sample) -> None:
     t0 = time.perf_counter()
@@ -70,12 +80,7 @@ async def _direct_one(stub, i: int, out: Sample) -> None:
             job_id=f"direct-{i}", prompt_token_ids=[5, 6, 7, 8],
             sampling=common_pb2.SamplingParams(max_tokens=MAX_TOKENS, seed=i, temperature=1.0))):
         if r.WhichOneof("event") == "tokens" and r.tokens.token_ids:
-            now = time.perf_counter()
-            if last is None:
-                out.ttft.append((now - t0) * 1000)
-            else:
-                out.itl.append((now - last) * 1000)
-            last = now
+            last = out.arrived(t0, last)
             out.tokens += len(r.tokens.token_ids)
 
 
@@ -142,12 +147,7 @@ async def _gateway_one(http: SSEClient, i: int, out: Sample) -> None:
         if chunk.get("usage"):
             out.tokens += chunk["usage"]["completion_tokens"]
         if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-            now = time.perf_counter()
-            if last is None:
-                out.ttft.append((now - t0) * 1000)
-            else:
-                out.itl.append((now - last) * 1000)
-            last = now
+            last = out.arrived(t0, last)
 
 
 async def _run(concurrency: int, per_client: int, one, conns=None) -> tuple[Sample, float]:
