@@ -16,20 +16,5 @@ PACKAGES=(
     fonts-dejavu-core   # broad Unicode coverage (arrows, box drawing)
 )
 
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-
-missing=()
-for pkg in "${PACKAGES[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
-        missing+=("$pkg")
-    fi
-done
-
-if [ "${#missing[@]}" -eq 0 ]; then
-    exit 0
-fi
-
-echo "installing Chromium (apt): ${missing[*]}" >&2
-as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-as_root env DEBIAN_FRONTEND=noninteractive DEBCONF_NOWARNINGS=yes apt-get install -y -qq --no-install-recommends \
-    "${missing[@]}" >/dev/null
+source "$(dirname "$0")/apt.sh"
+apt_install "Chromium" "${PACKAGES[@]}"

@@ -13,7 +13,7 @@ PASSWORD="${LLAMA_ORCH_PG_PASSWORD:-llama_orch}"
 DB="${LLAMA_ORCH_PG_DB:-llama_orch_test}"
 HOST=127.0.0.1
 
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+source "$(dirname "$0")/apt.sh"
 as_postgres() { as_root su postgres -c "$1"; }
 
 if ! command -v pg_ctlcluster >/dev/null 2>&1 || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
