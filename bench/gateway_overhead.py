@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import write_section  # noqa: E402
 from llama_orch.v1 import client_pb2, client_pb2_grpc, common_pb2, worker_pb2, worker_pb2_grpc  # noqa: E402
-from tests.stack import Stack  # noqa: E402
+from tests.stack import Stack, sim_model as stack_sim_model  # noqa: E402
 
 SIM = {"ttft_ms": 20, "ttft_spread_ms": 0, "itl_ms": 10, "itl_spread_ms": 0,
        "prefill_us_per_token": 0, "slots": 128, "load_slowdown": 0}
@@ -46,14 +45,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def sim_model(root: Path) -> Path:
-    folder = root / "simfast"
-    folder.mkdir()
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
-                 "special_tokens_map.json"):
-        if (ROOT / "models" / "tiny" / name).exists():
-            shutil.copy(ROOT / "models" / "tiny" / name, folder / name)
-    (folder / "sim.json").write_text(json.dumps(SIM))
-    return folder
+    return stack_sim_model(root / "simfast", SIM)
 
 
 class Sample:

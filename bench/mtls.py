@@ -25,7 +25,6 @@ import asyncio
 import json
 import os
 import platform
-import shutil
 import socket
 import subprocess
 import sys
@@ -41,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from bench.report import write_section  # noqa: E402
 from common import pki  # noqa: E402
 from llama_orch.v1 import client_pb2, client_pb2_grpc, common_pb2 as C  # noqa: E402
-from tests.stack import free_port  # noqa: E402
+from tests.stack import free_port, sim_model  # noqa: E402
 
 SIM = {"ttft_ms": 20, "ttft_spread_ms": 0, "itl_ms": 10, "itl_spread_ms": 0,
        "prefill_us_per_token": 0, "slots": 128, "load_slowdown": 0}
@@ -253,13 +252,7 @@ def merge(samples: list[Sample], idle_cpu: float) -> dict:
 
 
 async def measure(root: Path, rounds: int) -> dict:
-    model = root / "simfast"
-    model.mkdir()
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
-                 "special_tokens_map.json"):
-        if (ROOT / "models" / "tiny" / name).exists():
-            shutil.copy(ROOT / "models" / "tiny" / name, model / name)
-    (model / "sim.json").write_text(json.dumps(SIM))
+    model = sim_model(root / "simfast", SIM)
     stacks = {"plaintext": LabStack(root / "plain", False, model),
               "mtls": LabStack(root / "mtls", True, model)}
     load_before = os.getloadavg()

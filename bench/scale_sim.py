@@ -48,10 +48,8 @@ from bench.report import write_section  # noqa: E402
 
 from llama_orch.v1 import (admin_pb2, admin_pb2_grpc, client_pb2, client_pb2_grpc,  # noqa: E402
                            common_pb2 as C, events_pb2)
-from orchestrator.catalog import TINY_PATH  # noqa: E402
-from tests.stack import free_port, start_daemon, wait_serving  # noqa: E402
+from tests.stack import free_port, sim_model, start_daemon, wait_serving  # noqa: E402
 
-TOKENIZER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 SIM = {"ttft_ms": 1, "ttft_spread_ms": 0, "itl_ms": 1, "itl_spread_ms": 0, "slots": 1,
        "load_ms": 0}
 WORKER_BYTES = 1_000_000
@@ -60,10 +58,7 @@ DEVICE_BYTES = 10**13
 
 def write_config(root: Path, orch_port: int, metrics_port: int, heartbeat_ms: int) -> Path:
     model = root / "sim-model"
-    model.mkdir()
-    for name in TOKENIZER_FILES:
-        shutil.copy(TINY_PATH / name, model / name)
-    (model / "sim.json").write_text(json.dumps(SIM))
+    sim_model(model, SIM)
     path = root / "llama-orch.toml"
     path.write_text(f"""
 data_dir = "{root / 'data'}"

@@ -68,24 +68,35 @@ def pids_with(text: str) -> list[int]:
     return found
 
 
+PROMPT_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+def sim_model(folder: Path, settings: dict) -> Path:
+    """A `sim` model in `folder`: the tiny model's prompt files (config, tokenizer, chat
+    template: what admission reads) and sim.json with `settings` (worker/engines/sim.py).
+    Created with its parents; an existing folder is filled again."""
+    import json
+    import shutil
+
+    from orchestrator.catalog import TINY_PATH
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in PROMPT_FILES:
+        shutil.copy(TINY_PATH / name, folder / name)
+    (folder / "sim.json").write_text(json.dumps(settings))
+    return folder
+
+
 def sim_config(root: Path, devices: dict[str, int], models: dict[str, tuple[int, int]]) -> str:
     """Config lines (for Stack.extra_config: inside [pool], then new tables) declaring
     simulated devices {id: bytes} and `sim` models {name: (devices, bytes per device)},
     each a copy of the tiny model's prompt files with near-instant sim timings. Sizes
     in TiB keep the host's RAM (every pool's `cpu` device) out of placement."""
-    import json
-    import shutil
-
-    from orchestrator.catalog import TINY_PATH
     lines = [f'[[pool.devices]]\nid = "{d}"\nmemory_bytes = {size}\n'
              for d, size in devices.items()]
     for name, (count, memory) in models.items():
         folder = root / "models" / name
-        folder.mkdir(parents=True)
-        for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-            shutil.copy(TINY_PATH / f, folder / f)
-        (folder / "sim.json").write_text(json.dumps({
-            "ttft_ms": 1, "ttft_spread_ms": 0, "itl_ms": 1, "itl_spread_ms": 0}))
+        sim_model(folder, {
+            "ttft_ms": 1, "ttft_spread_ms": 0, "itl_ms": 1, "itl_spread_ms": 0})
         lines.append(f'[models.{name}]\nref = "file:{folder}"\nengine = "sim"\n'
                      f"devices = {count}\nmemory_bytes = {memory}\n")
     return "\n".join(lines)

@@ -12,8 +12,6 @@ run the `sim` engine, so no model weights are needed.
 
 from __future__ import annotations
 
-import json
-import shutil
 import subprocess
 import sys
 import time
@@ -25,8 +23,7 @@ import pytest
 from common.errors import OrchError
 from llama_orch.v1 import admin_pb2 as A, admin_pb2_grpc, client_pb2 as CL, client_pb2_grpc
 from llama_orch.v1 import common_pb2 as C
-from orchestrator.catalog import TINY_PATH
-from tests.stack import free_port, start_daemon, wait_serving
+from tests.stack import free_port, sim_model, start_daemon, wait_serving
 
 pytestmark = pytest.mark.e2e
 
@@ -36,12 +33,9 @@ T = 30  # per-call deadline: generous, for loaded CI machines (no assertion is o
 
 def write_config(root: Path, orch_port: int, metrics_port: int) -> Path:
     model = root / "sim-model"
-    model.mkdir()
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        shutil.copy(TINY_PATH / name, model / name)
     # ~3 s per job: long enough to be running while tenant A tries to cancel it.
-    (model / "sim.json").write_text(json.dumps({
-        "ttft_ms": 1, "ttft_spread_ms": 0, "itl_ms": 50, "itl_spread_ms": 0}))
+    sim_model(model, {
+        "ttft_ms": 1, "ttft_spread_ms": 0, "itl_ms": 50, "itl_spread_ms": 0})
     path = root / "llama-orch.toml"
     path.write_text(f"""
 mode = "lab"

@@ -10,9 +10,7 @@ attempt each, no `worker.busy` line in the worker's log) and every job succeeds.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -23,8 +21,7 @@ import pytest
 
 from llama_orch.v1 import client_pb2, client_pb2_grpc, common_pb2 as C, events_pb2 as E
 from llama_orch.v1 import worker_pb2, worker_pb2_grpc
-from orchestrator.catalog import TINY_PATH
-from tests.stack import alive, free_port, pids_with, start_daemon, wait_serving
+from tests.stack import alive, free_port, pids_with, sim_model, start_daemon, wait_serving
 
 pytestmark = pytest.mark.e2e
 
@@ -35,13 +32,10 @@ TERMINAL = (C.JOB_STATUS_SUCCEEDED, C.JOB_STATUS_FAILED, C.JOB_STATUS_CANCELLED)
 
 def write_config(root: Path, orch_port: int, metrics_port: int) -> Path:
     model = root / "batched"
-    model.mkdir()
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        shutil.copy(TINY_PATH / name, model / name)
     # 40 tokens at 25 ms: a job takes about a second, long enough to see four overlap.
-    (model / "sim.json").write_text(json.dumps({
+    sim_model(model, {
         "slots": SLOTS, "ttft_ms": 1, "ttft_spread_ms": 0, "itl_ms": 25, "itl_spread_ms": 0,
-        "load_slowdown": 0}))
+        "load_slowdown": 0})
     path = root / "llama-orch.toml"
     path.write_text(f"""
 data_dir = "{root / 'data'}"

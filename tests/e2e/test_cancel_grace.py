@@ -7,15 +7,12 @@ closes it as DEADLINE_EXCEEDED, whatever the worker does.
 
 from __future__ import annotations
 
-import json
-import shutil
 
 import grpc
 import pytest
 
 from llama_orch.v1 import client_pb2, client_pb2_grpc, common_pb2 as C, errors_pb2
-from orchestrator.catalog import TINY_PATH
-from tests.stack import Stack
+from tests.stack import Stack, sim_model
 
 pytestmark = pytest.mark.e2e
 
@@ -24,11 +21,8 @@ pytestmark = pytest.mark.e2e
 def stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("grace")
     model = root / "hang-model"
-    model.mkdir()
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        shutil.copy(TINY_PATH / name, model / name)
-    (model / "sim.json").write_text(json.dumps({
-        "hang_after_tokens": 3, "ttft_ms": 1, "ttft_spread_ms": 0, "itl_ms": 1, "itl_spread_ms": 0}))
+    sim_model(model, {
+        "hang_after_tokens": 3, "ttft_ms": 1, "ttft_spread_ms": 0, "itl_ms": 1, "itl_spread_ms": 0})
     s = Stack(root, orchestrator_extra="cancel_grace_s = 1.0",
               extra_config=f'[models.hang]\nref = "file:{model}"\nengine = "sim"\n')
     yield s.start()

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -40,9 +39,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.catalog import TINY_PATH
 from tests import netns
-from tests.stack import free_port
+from tests.stack import free_port, sim_model
 
 pytestmark = pytest.mark.e2e
 
@@ -80,11 +78,7 @@ def cli(*args: str) -> str:
 def write_config(root: Path, name: str, tls: bool, orch: str, extra: str) -> Path:
     model = root / "model"
     if not model.exists():
-        model.mkdir()
-        for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-            shutil.copy(TINY_PATH / f, model / f)
-        (model / "sim.json").write_text(json.dumps(
-            {"ttft_ms": 1, "ttft_spread_ms": 0, "itl_ms": 1, "itl_spread_ms": 0}))
+        sim_model(model, {"ttft_ms": 1, "ttft_spread_ms": 0, "itl_ms": 1, "itl_spread_ms": 0})
     path = root / f"{name}.toml"
     path.write_text(f"""
 mode = "lab"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import ssl
 import stat
@@ -30,9 +29,8 @@ from common import pki, tls
 from common.errors import OrchError
 from llama_orch.v1 import client_pb2, client_pb2_grpc, common_pb2 as C
 from llama_orch.v1 import pool_link_pb2, pool_link_pb2_grpc, worker_pb2, worker_pb2_grpc
-from orchestrator.catalog import TINY_PATH
 from pool_manager.enroll import signed_registration
-from tests.stack import free_port, start_daemon
+from tests.stack import free_port, sim_model, start_daemon
 
 pytestmark = pytest.mark.e2e
 
@@ -75,11 +73,7 @@ class Cluster:
     def __init__(self, root: Path):
         self.root = root
         model = root / "model"
-        model.mkdir()
-        for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-            shutil.copy(TINY_PATH / name, model / name)
-        (model / "sim.json").write_text(json.dumps(
-            {"ttft_ms": 1, "ttft_spread_ms": 0, "itl_ms": 1, "itl_spread_ms": 0}))
+        sim_model(model, {"ttft_ms": 1, "ttft_spread_ms": 0, "itl_ms": 1, "itl_spread_ms": 0})
         self.addr = f"127.0.0.1:{free_port()}"
         port = int(self.addr.rsplit(":", 1)[1])
         self.orch_cfg = config(root, "orch", port, free_port(), model)

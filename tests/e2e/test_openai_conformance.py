@@ -15,8 +15,6 @@ orchestrator's cancellation deadline).
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
 import time
 
 import grpc
@@ -25,8 +23,7 @@ import openai
 import pytest
 
 from llama_orch.v1 import client_pb2, client_pb2_grpc, events_pb2
-from orchestrator.catalog import TINY_PATH
-from tests.stack import Stack
+from tests.stack import Stack, sim_model
 
 pytestmark = pytest.mark.e2e
 
@@ -49,11 +46,7 @@ def stack(tmp_path_factory):
     tables = []
     for name, settings in SIM_MODELS.items():
         folder = root / name
-        folder.mkdir()
-        for file in ("config.json", "tokenizer.json", "tokenizer_config.json",
-                     "chat_template.jinja"):
-            shutil.copy(TINY_PATH / file, folder / file)
-        (folder / "sim.json").write_text(json.dumps({**settings, "memory_bytes": 1 << 20}))
+        sim_model(folder, {**settings, "memory_bytes": 1 << 20})
         tables.append(f'[models.{name}]\nref = "file:{folder}"\nengine = "sim"\n')
     s = Stack(root, orchestrator_extra=f"cancel_grace_s = {CANCEL_GRACE_S}",
               extra_config="\n".join(tables)).start()

@@ -16,9 +16,7 @@ c. An operator's StartWorker onto a device without room is refused by the pool
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -30,8 +28,7 @@ import pytest
 from common.errors import OrchError
 from llama_orch.v1 import admin_pb2 as A, admin_pb2_grpc, client_pb2, client_pb2_grpc
 from llama_orch.v1 import common_pb2 as C, events_pb2 as E
-from orchestrator.catalog import TINY_PATH
-from tests.stack import alive, free_port, pids_with, start_daemon, wait_serving
+from tests.stack import alive, free_port, pids_with, sim_model, start_daemon, wait_serving
 
 pytestmark = pytest.mark.e2e
 
@@ -47,11 +44,8 @@ def write_configs(root: Path, orch_port: int, metrics_port: int) -> dict[str, Pa
     models = []
     for name, (devices, memory) in MODELS.items():
         folder = root / name
-        folder.mkdir()
-        for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-            shutil.copy(TINY_PATH / f, folder / f)
-        (folder / "sim.json").write_text(json.dumps({
-            "ttft_ms": 1, "ttft_spread_ms": 0, "itl_ms": 1, "itl_spread_ms": 0}))
+        sim_model(folder, {
+            "ttft_ms": 1, "ttft_spread_ms": 0, "itl_ms": 1, "itl_spread_ms": 0})
         models.append(f'[models.{name}]\nref = "file:{folder}"\nengine = "sim"\n'
                       f"devices = {devices}\nmemory_bytes = {memory}\n")
     paths = {}

@@ -8,9 +8,7 @@ so the test needs no model weights and each job takes a while.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,8 +19,7 @@ import grpc
 import pytest
 
 from llama_orch.v1 import client_pb2, client_pb2_grpc, common_pb2 as C, events_pb2 as E
-from orchestrator.catalog import TINY_PATH
-from tests.stack import alive, free_port, start_daemon, wait_serving
+from tests.stack import alive, free_port, sim_model, start_daemon, wait_serving
 
 pytestmark = pytest.mark.e2e
 
@@ -33,11 +30,8 @@ TERMINAL = (C.JOB_STATUS_SUCCEEDED, C.JOB_STATUS_FAILED, C.JOB_STATUS_CANCELLED)
 
 def write_config(root: Path, orch_port: int, metrics_port: int, gateway_port: int) -> Path:
     model = root / "slow-model"
-    model.mkdir()
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        shutil.copy(TINY_PATH / name, model / name)
-    (model / "sim.json").write_text(json.dumps({
-        "ttft_ms": 1, "ttft_spread_ms": 0, "itl_ms": 20, "itl_spread_ms": 0}))
+    sim_model(model, {
+        "ttft_ms": 1, "ttft_spread_ms": 0, "itl_ms": 20, "itl_spread_ms": 0})
     path = root / "llama-orch.toml"
     path.write_text(f"""
 data_dir = "{root / 'data'}"

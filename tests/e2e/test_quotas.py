@@ -12,9 +12,7 @@ submitted meanwhile does not run on acme's worker while acme's jobs do.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -27,8 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from common import pki
 from llama_orch.v1 import admin_pb2 as A, admin_pb2_grpc, client_pb2 as CL, client_pb2_grpc
 from llama_orch.v1 import common_pb2 as C, events_pb2 as E
-from orchestrator.catalog import TINY_PATH
-from tests.stack import free_port, start_daemon
+from tests.stack import free_port, sim_model, start_daemon
 
 pytestmark = pytest.mark.e2e
 
@@ -84,13 +81,10 @@ def wait(root: Path, what: str, predicate, timeout: float = 90.0):
 
 def test_a_tenant_over_its_concurrent_job_quota_waits_and_then_completes(tmp_path):
     model = tmp_path / "model"
-    model.mkdir()
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        shutil.copy(TINY_PATH / name, model / name)
     # 24 tokens at 40 ms: about a second a job, long enough to watch who runs at once.
-    (model / "sim.json").write_text(json.dumps({
+    sim_model(model, {
         "slots": SLOTS, "ttft_ms": 1, "ttft_spread_ms": 0, "itl_ms": 40, "itl_spread_ms": 0,
-        "load_slowdown": 0}))
+        "load_slowdown": 0})
     orch_port = free_port()
     addr = f"127.0.0.1:{orch_port}"
     orch_cfg = write_config(tmp_path, "orch", orch_port, model)
