@@ -42,7 +42,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from llama_orch.v1 import events_pb2
-from orchestrator.store.engine import make_engine, migrate
+from orchestrator.store.engine import make_engine, make_writer_engine, migrate
 from orchestrator.store.errors import DuplicateKey, StoreClosed, StoreError
 from orchestrator.store.rows import UNFINISHED, JobRow
 from orchestrator.store.schema import (api_keys, audit_log, job_events, jobs, pins,
@@ -84,7 +84,8 @@ class Store:
         except Exception as e:
             await engine.dispose()
             raise StoreError(f"cannot open the store: {type(e).__name__}: {e}") from e
-        return cls(engine, Writer(engine, batch_size=batch_size, linger_s=linger_s))
+        return cls(engine, Writer(engine, batch_size=batch_size, linger_s=linger_s,
+                                  sync_engine=make_writer_engine(url)))
 
     async def close(self) -> None:
         """Flush queued writes, stop the writer, release connections. Idempotent; raises
