@@ -38,6 +38,7 @@ import httpx
 from fastapi import FastAPI, Request, Response
 
 from common.grpc_server import channel
+from common.heap import freeze_startup_heap
 from gateway import errors, openapi, ui
 from gateway.metrics import (
     COMPONENT,
@@ -81,6 +82,7 @@ def create_app(orchestrator_address: str, *, max_body_bytes: int = 4 * MiB,
         http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
         app.state.orchestrator_metrics = OrchestratorMetrics(metrics_url, http)
         ui.log_if_missing(ui_dist)
+        freeze_startup_heap("gateway")
         try:
             yield
         finally:

@@ -11,6 +11,7 @@ import threading
 
 from common import config as config_mod, log, pki, tls
 from common.errors import ConfigError, OrchError
+from common.heap import freeze_startup_heap
 from common.gate_peers import InternalOnly, PeerTable
 from common.grpc_server import Server
 from common.refusals import RefusalLog
@@ -96,6 +97,7 @@ async def fetch_catalog(orch: Orchestrator, cfg: config_mod.Config) -> None:
         orch.facts.publish(events_pb2.FACT_KIND_MODEL_DOWNLOADING,
                            f"{name}: cannot fetch its tokenizer: {err.code}: {err.message}",
                            level=events_pb2.FACT_LEVEL_ERROR, model=name, error_code=err.code)
+    freeze_startup_heap("orchestrator")  # the tokenizers are start-up state too
 
 
 async def bind_server(cfg: config_mod.Config, orch: Orchestrator
@@ -151,6 +153,7 @@ async def serve(cfg: config_mod.Config) -> None:
     await server.start()
     if gate is not None:
         await gate.start()
+    freeze_startup_heap("orchestrator")
     catalog_fetch = asyncio.create_task(fetch_catalog(orch, cfg))
     renewal = asyncio.create_task(_renew_forever(cfg, *secured)) if secured else None
     orch.facts.publish(events_pb2.FACT_KIND_COMPONENT_STARTED, f"listening on {cfg.orchestrator.listen}",

@@ -12,6 +12,7 @@ import sys
 from common import config as config_mod, log, pki, tls
 from common.errors import ConfigError, OrchError
 from common.grpc_server import Server
+from common.heap import freeze_startup_heap
 from llama_orch.v1 import pool_link_pb2, worker_callback_pb2, worker_callback_pb2_grpc
 from pool_manager import inventory, leftovers
 from pool_manager.cache import ModelCache
@@ -95,6 +96,7 @@ async def serve(cfg: config_mod.Config, join_token: str = "") -> None:
                               "WorkerCallbackService")
     worker_callback_pb2_grpc.add_WorkerCallbackServiceServicer_to_server(callbacks, server.grpc)
     await server.start()
+    freeze_startup_heap("pool_manager")
     log.emit("pool_manager", "component.started", f"pool {pc.id} on {callback_address}",
              nvml_status=nvml.status, orchestrator=pc.orchestrator)
     task = asyncio.create_task(link.run())

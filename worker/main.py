@@ -38,6 +38,7 @@ import grpc
 from common import pki, tls
 from common.errors import OrchError
 from common.grpc_server import Server, channel
+from common.heap import freeze_startup_heap
 from common.log import emit
 from llama_orch.v1 import worker_callback_pb2, worker_callback_pb2_grpc
 
@@ -273,6 +274,7 @@ async def run(args: argparse.Namespace, stop: asyncio.Event, *, started: float =
         await _report_ready(args, service, load_ms)  # no pool manager: do not linger
         if on_ready is not None:
             on_ready()
+        freeze_startup_heap("worker")  # the model and engine are loaded by now
         emit("worker", "worker.ready", worker_id=args.worker_id,
              endpoint=service.identity.endpoint, model_ref=args.model_ref, engine=engine.name,
              engine_version=engine.version, device=engine.device,

@@ -329,3 +329,10 @@ def test_an_idempotency_key_reused_for_another_request_is_refused(stack):
                       headers={"Idempotency-Key": "conflict-1"})
     assert a.status_code == 202
     assert b.status_code == 409 and b.json()["error"]["code"] == "idempotency_conflict"
+
+
+def test_every_daemon_keeps_its_start_up_heap_out_of_full_collections(stack, client):
+    client.completions.create(model="tiny", prompt="the fox", max_tokens=2)  # a worker runs
+    frozen = {json.loads(line)["component"] for line in stack.logs().splitlines()
+              if '"code":"runtime.heap_frozen"' in line}
+    assert frozen >= {"orchestrator", "gateway", "pool_manager", "worker"}
