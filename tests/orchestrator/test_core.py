@@ -104,3 +104,23 @@ async def test_the_optimizer_runs_while_the_queue_is_deep(make):
     runs = orch.facts.watch([E.FACT_KIND_OPTIMIZER_RUN])
     fact = await asyncio.wait_for(anext(runs), 10)
     assert fact.attributes["queued"] == 5
+
+
+async def test_only_the_newest_finished_jobs_stay_in_memory_older_ones_come_from_the_store(make):
+    from orchestrator.core import FINISHED_IN_MEMORY
+    orch, store = await make()
+    jobs = []
+    for i in range(FINISHED_IN_MEMORY + 5):
+        job, _ = await orch.submit(spec(seed=i))
+        await orch.cancel(job.job_id)
+        jobs.append(job)
+    # A cancelled job retires once its outcome is committed: wait until the last did.
+    async with asyncio.timeout(30):
+        while not orch._finished or orch._finished[-1] != jobs[-1].job_id:  # noqa: SLF001
+            await asyncio.sleep(0.01)
+    finished_in_memory = [j for j in jobs if j.job_id in orch.jobs]
+    assert finished_in_memory == jobs[-FINISHED_IN_MEMORY:]
+    oldest = await orch.get(jobs[0].job_id)  # from the store, with its whole event log
+    assert oldest is not jobs[0] and oldest.state is JobState.CANCELLED
+    assert [e.seq for e in oldest.events] == [e.seq for e in jobs[0].events]
+    assert oldest.events[-1].WhichOneof("kind") == "error"
