@@ -498,7 +498,11 @@ class Orchestrator:
                                model_ref=job.model_ref, correlation_id=job.correlation_id,
                                attempt=job.attempts, running=len(worker.jobs), slots=worker.slots)
             self.durability.save_soon(job)
-            asyncio.create_task(self._run(job, worker))
+            try:
+                call: object = executor.start(job, worker)
+            except Exception as exc:  # noqa: BLE001 - _run turns it into the job's outcome
+                call = exc
+            asyncio.create_task(self._run(job, worker, call))
         elif isinstance(d, StartWorker):
             worker = WorkerRecord("w-" + uuid.uuid4().hex[:12], d.pool_id, d.model_ref,
                                   d.device_ids, d.memory_estimate)
@@ -540,7 +544,9 @@ class Orchestrator:
             # Already gone, or the pool went away: either way it holds nothing any more.
             self.worker_gone(worker.worker_id, None)
 
-    async def _run(self, job: JobRecord, worker: WorkerRecord) -> None:
+    async def _run(self, job: JobRecord, worker: WorkerRecord, call: object) -> None:
+        """Relay the dispatched job's `call` (executor.start's, or the exception it
+        raised) to its end, then settle the job and free the worker's slot."""
         outcome = executor.Outcome()
 
         def started(_ev) -> None:
@@ -549,7 +555,9 @@ class Orchestrator:
                                worker_id=worker.worker_id, model_ref=job.model_ref,
                                correlation_id=job.correlation_id)
         try:
-            await executor.relay(job, worker, outcome, started)
+            if isinstance(call, Exception):
+                raise call
+            await executor.relay(job, worker, call, outcome, started)
         except Exception as exc:  # a bug here must not wedge the worker or the job
             outcome.error = OrchError("INTERNAL", f"relay failed: {exc!r}")
         worker.unreserve(job.job_id)

@@ -36,14 +36,22 @@ class Outcome:
         self.ended = False
 
 
-async def relay(job: JobRecord, worker: WorkerRecord, outcome: Outcome, on_started) -> None:
-    """Stream the job on the worker, appending events to `job` until a terminal one."""
-    n = max(1, job.admitted.sampling.n)
-    ends = 0
+def start(job: JobRecord, worker: WorkerRecord) -> grpc.aio.UnaryStreamCall:
+    """Begin the job's attempt on the worker: the Execute call, already on its way.
+    Called from the scheduling cycle itself, so the request leaves in the loop turn
+    that decided it rather than one later, when relay's task first runs."""
     job.replay.begin_attempt()
     job.usage.Clear()
     call = worker.stub().Execute(execute_request(job))
     job.call = call
+    return call
+
+
+async def relay(job: JobRecord, worker: WorkerRecord, call: grpc.aio.UnaryStreamCall,
+                outcome: Outcome, on_started) -> None:
+    """Stream the started `call`, appending events to `job` until a terminal one."""
+    n = max(1, job.admitted.sampling.n)
+    ends = 0
     try:
         async for resp in call:
             kind = resp.WhichOneof("event")
