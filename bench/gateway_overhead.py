@@ -5,9 +5,11 @@ time-to-first-token and inter-token latency, no spread, enough slots for every
 concurrent request, no slowdown under load), so whatever differs between the two
 paths is ours. In the same run, for each concurrency, the same number of streamed
 requests go (a) straight to the worker's Execute over gRPC and (b) through the gateway
-as OpenAI streamed chat completions (gateway -> orchestrator -> worker). Reported:
-time to first token and inter-token latency percentiles per path, the difference, and
-requests/s and tokens/s through the gateway. Not a test: no assertions.
+as OpenAI streamed chat completions (gateway -> orchestrator -> worker), and (c) to the
+orchestrator's Generate over gRPC (orchestrator -> worker, no gateway), which splits
+what is added between the orchestrator and the gateway. Reported: time to first
+token and inter-token latency percentiles per path, the differences, and requests/s
+and tokens/s through the gateway. Not a test: no assertions.
 
     .venv/bin/python bench/gateway_overhead.py [--write] [--requests-per-client 8]
 """
@@ -53,6 +55,7 @@ class Sample:
         self.ttft: list[float] = []
         self.itl: list[float] = []
         self.tokens = 0
+        self.reference_us: tuple[float, ...] = ()  # the machine's speed (_with_cpu)
 
     def arrived(self, t0: float, last: float | None) -> float:
         """Tokens arrived now for a request sent at t0 whose previous tokens came at
@@ -74,6 +77,20 @@ async def _direct_one(stub, i: int, out: Sample) -> None:
         if r.WhichOneof("event") == "tokens" and r.tokens.token_ids:
             last = out.arrived(t0, last)
             out.tokens += len(r.tokens.token_ids)
+
+
+async def _orchestrator_one(stub, i: int, out: Sample) -> None:
+    """The same chat request as _gateway_one, as the gateway sends it (coalesced)."""
+    spec = common_pb2.JobSpec(
+        model="simfast", chat=common_pb2.ChatMessages(messages=[
+            common_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in MESSAGES]),
+        sampling=common_pb2.SamplingParams(max_tokens=MAX_TOKENS, seed=i, temperature=1.0))
+    t0 = time.perf_counter()
+    last = None
+    async for r in stub.Generate(client_pb2.GenerateRequest(spec=spec, coalesce=True)):
+        if r.event.WhichOneof("kind") == "tokens" and r.event.tokens.token_ids:
+            last = out.arrived(t0, last)
+            out.tokens += len(r.event.tokens.token_ids)
 
 
 class SSEClient:
@@ -184,17 +201,40 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def _reference_us() -> float:
+    """How fast this machine runs Python right now: the best of 20 timings of a fixed
+    loop, in microseconds. The shared 2-core machine's speed drifts by tens of percent
+    within seconds; each path's numbers come with the speed they were measured at."""
+    best = float("inf")
+    for _ in range(20):
+        t0 = time.perf_counter()
+        for _ in range(50):
+            sum(range(1000))
+        best = min(best, (time.perf_counter() - t0) / 50 * 1e6)
+    return round(best, 1)
+
+
 async def _with_cpu(pids: dict[str, int], run) -> tuple[Sample, float, dict[str, float]]:
-    """Run `run` (an _run coroutine); also each process's CPU microseconds per token."""
+    """Run `run` (an _run coroutine); also each process's CPU microseconds per token,
+    and the machine's speed around the run (`reference_us`, before and after)."""
+    speed = _reference_us()
     before = {n: _cpu_seconds(p) for n, p in pids.items()}
     sample, seconds = await run
     tokens = max(1, sample.tokens)
-    return sample, seconds, {n: round((_cpu_seconds(p) - before[n]) / tokens * 1e6)
-                             for n, p in pids.items()}
+    cpu = {n: round((_cpu_seconds(p) - before[n]) / tokens * 1e6) for n, p in pids.items()}
+    sample.reference_us = (speed, _reference_us())
+    return sample, seconds, cpu
+
+
+def _added(prefix: str, path: dict, direct: dict) -> dict:
+    """What `path` adds to the direct path, per percentile."""
+    return {f"{prefix}added_{k}": round(path[k] - direct[k], 2)
+            for k in ("ttft_p50", "ttft_p99", "itl_p50", "itl_p99")}
 
 
 def _stats(s: Sample, seconds: float) -> dict:
-    return {"ttft_p50": round(pct(s.ttft, 50), 2), "ttft_p99": round(pct(s.ttft, 99), 2),
+    return {"reference_us": list(s.reference_us),
+            "ttft_p50": round(pct(s.ttft, 50), 2), "ttft_p99": round(pct(s.ttft, 99), 2),
             "itl_p50": round(pct(s.itl, 50), 2), "itl_p99": round(pct(s.itl, 99), 2),
             "req_per_s": round(len(s.ttft) / seconds, 1), "tok_per_s": round(s.tokens / seconds),
             "n": len(s.ttft)}
@@ -211,27 +251,28 @@ async def measure(per_client: int) -> dict:
             conns = [SSEClient(host, int(port)) for _ in range(max(CONCURRENCY))]
             try:
                 await _gateway_one(conns[0], 0, Sample())  # starts the worker
-                async with grpc.aio.insecure_channel(stack.orchestrator) as ch:
-                    snap = await client_pb2_grpc.ClientServiceStub(ch).GetClusterSnapshot(
-                        client_pb2.GetClusterSnapshotRequest())
-                endpoint = next(w.endpoint for p in snap.pools for w in p.workers)
                 results = {}
                 pids = _processes(root)
-                async with grpc.aio.insecure_channel(endpoint) as wch:
-                    stub = worker_pb2_grpc.WorkerServiceStub(wch)
-                    for c in CONCURRENCY:
-                        await _run(c, 1, _gateway_one, conns)  # warm
-                        *ds, d_cpu = await _with_cpu(pids, _run(
-                            c, per_client, lambda i, o: _direct_one(stub, i, o)))
-                        *gs, g_cpu = await _with_cpu(pids, _run(c, per_client, _gateway_one, conns))
-                        d, g = _stats(*ds), _stats(*gs)
-                        results[c] = {"direct": d, "gateway": g,
-                                      "cpu_us_per_token": {"direct": d_cpu, "gateway": g_cpu},
-                                      "added_ttft_p50": round(g["ttft_p50"] - d["ttft_p50"], 2),
-                                      "added_ttft_p99": round(g["ttft_p99"] - d["ttft_p99"], 2),
-                                      "added_itl_p50": round(g["itl_p50"] - d["itl_p50"], 2),
-                                      "added_itl_p99": round(g["itl_p99"] - d["itl_p99"], 2)}
-                        print(json.dumps({c: results[c]}), flush=True)
+                async with grpc.aio.insecure_channel(stack.orchestrator) as ch:
+                    orch = client_pb2_grpc.ClientServiceStub(ch)
+                    snap = await orch.GetClusterSnapshot(client_pb2.GetClusterSnapshotRequest())
+                    endpoint = next(w.endpoint for p in snap.pools for w in p.workers)
+                    async with grpc.aio.insecure_channel(endpoint) as wch:
+                        stub = worker_pb2_grpc.WorkerServiceStub(wch)
+                        for c in CONCURRENCY:
+                            await _run(c, 1, _gateway_one, conns)  # warm
+                            await _run(c, 1, lambda i, o: _orchestrator_one(orch, i, o))
+                            *ds, d_cpu = await _with_cpu(pids, _run(
+                                c, per_client, lambda i, o: _direct_one(stub, i, o)))
+                            *os_, _ = await _with_cpu(pids, _run(
+                                c, per_client, lambda i, o: _orchestrator_one(orch, i, o)))
+                            *gs, g_cpu = await _with_cpu(
+                                pids, _run(c, per_client, _gateway_one, conns))
+                            d, o, g = _stats(*ds), _stats(*os_), _stats(*gs)
+                            results[c] = {"direct": d, "orchestrator": o, "gateway": g,
+                                          "cpu_us_per_token": {"direct": d_cpu, "gateway": g_cpu},
+                                          **_added("", g, d), **_added("orchestrator_", o, d)}
+                            print(json.dumps({c: results[c]}), flush=True)
             finally:
                 for conn in conns:
                     await conn.close()
@@ -249,6 +290,21 @@ def render(r: dict) -> str:
                     f"{d['itl_p50']} / {d['itl_p99']} | {g['itl_p50']} / {g['itl_p99']} | "
                     f"{x['added_itl_p99']} | {g['req_per_s']} | {g['tok_per_s']} |")
     table = "\n".join(rows)
+    split_rows = []
+    for c, x in r["by_concurrency"].items():
+        if "orchestrator" not in x:
+            continue
+        o = x["orchestrator"]
+        split_rows.append(
+            f"| {c} | {o['ttft_p50']} / {o['ttft_p99']} | {x['orchestrator_added_ttft_p50']} / "
+            f"{x['orchestrator_added_ttft_p99']} | "
+            f"{round(x['added_ttft_p50'] - x['orchestrator_added_ttft_p50'], 2)} | "
+            f"{o['itl_p50']} / {o['itl_p99']} | {x['orchestrator_added_itl_p99']} |")
+    split = "\n".join(split_rows)
+    speed = "\n".join(
+        f"| {c} | " + " | ".join(" / ".join(str(v) for v in x.get(path, {}).get("reference_us", []))
+                                 or "-" for path in ("direct", "orchestrator", "gateway")) + " |"
+        for c, x in r["by_concurrency"].items())
     cpu_rows = []
     for c, x in r["by_concurrency"].items():
         cpu = x.get("cpu_us_per_token")
@@ -277,6 +333,22 @@ orchestrator, pool manager, worker) shares the machine's 2 cores. Times in ms, p
 | concurrency | direct TTFT | gateway TTFT | added TTFT | direct ITL | gateway ITL | added ITL p99 | gateway req/s | gateway tok/s |
 |---:|---|---|---|---|---|---:|---:|---:|
 {table}
+
+Where the added time goes: the same requests sent to the orchestrator's Generate over
+gRPC (what the gateway sends, coalesced), without the gateway, in the same run. "the
+gateway's share" is the gateway path's added TTFT p50 minus the orchestrator path's.
+
+| concurrency | orchestrator TTFT | added by the orchestrator (TTFT) | the gateway's share (TTFT p50) | orchestrator ITL | added ITL p99 |
+|---:|---|---|---:|---|---:|
+{split}
+
+The machine's speed while each path ran (microseconds for a fixed Python loop, before /
+after the path's requests; lower is faster). This shared machine's speed drifts by
+tens of percent within seconds, so compare paths measured at similar speeds.
+
+| concurrency | direct | orchestrator | gateway |
+|---:|---|---|---|
+{speed}
 
 CPU per streamed token, in microseconds, by process (user + system time over the
 run, divided by the tokens it delivered; per-request work is included, spread over
