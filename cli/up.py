@@ -9,7 +9,9 @@ With security.tls = true, `up` first does what `llama-orch ca init` and
 exists and (re)issues <pki_dir>/client-gateway.key/.crt unless they hold a certificate
 of that CA with a third of its lifetime left. The gateway gets them through
 LLAMA_ORCH_TLS_KEY/CERT/CA (common/tls.py) and dials the orchestrator with them; `up`'s
-own readiness probe uses them too. The orchestrator issues its own certificate and the
+own readiness probe uses them too. While running, `up` checks every 30 s
+(tls.check_interval_s) whether the certificate is due, reissues it over the same files
+when it is, and the gateway moves new requests to it (gateway/identity.py). The orchestrator issues its own certificate and the
 pool manager, which can read the CA's key on this machine, its own.
 """
 
@@ -54,6 +56,16 @@ def gateway_identity(cfg: config_mod.Config) -> tls.Material | None:
     m = tls.Material(dir / "client-gateway.key", dir / "client-gateway.crt", dir / "ca.crt")
     ca.ensure(m.key, m.cert, "client", "gateway", ttl_s=cfg.security.cert_ttl_s)
     return m
+
+
+def _renew_gateway_identity(cfg: config_mod.Config, m: tls.Material) -> None:
+    before = tls.file_stamp((m.key, m.cert))
+    try:
+        gateway_identity(cfg)
+        if tls.file_stamp((m.key, m.cert)) != before:
+            print("llama-orch: renewed the gateway's client certificate", file=sys.stderr)
+    except (OSError, ValueError) as exc:  # a full disk must not stop home mode: try again
+        print(f"llama-orch: cannot renew the gateway's certificate: {exc}", file=sys.stderr)
 
 
 def _env_of(m: tls.Material | None) -> dict[str, str]:
@@ -110,7 +122,12 @@ def run(config_path: str | None) -> int:
     url = f"http://{cfg.gateway.listen}"
     announced = False
     code = 0
+    renew_at = time.monotonic() + tls.check_interval_s()
     while not stopping:
+        if identity is not None and time.monotonic() >= renew_at:
+            # Reissued with a third of its lifetime left; the gateway follows the files.
+            _renew_gateway_identity(cfg, identity)
+            renew_at = time.monotonic() + tls.check_interval_s()
         for name, p in procs:
             if p.poll() is not None:
                 print(f"llama-orch: {name} exited with code {p.returncode}; stopping", file=sys.stderr)

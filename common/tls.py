@@ -65,6 +65,18 @@ class Material:
         return ["--tls-key", str(self.key), "--tls-cert", str(self.cert), "--tls-ca", str(self.ca)]
 
 
+CHECK_S = 30.0
+
+
+def check_interval_s() -> float:
+    """How often a client certificate's files are looked at for a renewal (the gateway)
+    and whether to renew it (`llama-orch up`): CHECK_S, or LLAMA_ORCH_TLS_CHECK_S."""
+    try:
+        return max(0.05, float(os.environ.get("LLAMA_ORCH_TLS_CHECK_S", CHECK_S)))
+    except ValueError:
+        return CHECK_S
+
+
 def file_stamp(paths) -> tuple:
     """(mtime, size) of each file, None for a missing one: changes when a file is replaced."""
     out = []

@@ -29,6 +29,7 @@ metrics (gateway.metrics.OrchestratorMetrics).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -39,7 +40,7 @@ from fastapi import FastAPI, Request, Response
 
 from common.grpc_server import channel
 from common.heap import freeze_startup_heap
-from gateway import errors, openapi, ui
+from gateway import errors, identity, openapi, ui
 from gateway.metrics import (
     COMPONENT,
     GatewayMetrics,
@@ -76,8 +77,10 @@ def create_app(orchestrator_address: str, *, max_body_bytes: int = 4 * MiB,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # grpc.aio channels belong to the running event loop, hence created here.
-        ch = channel(orchestrator_address)
-        app.state.orchestrator = OrchestratorClient(ch)
+        client = app.state.orchestrator = OrchestratorClient(channel(orchestrator_address))
+        # With TLS: renewed client certificates are picked up without a restart.
+        renewals = identity.watch(client, orchestrator_address)
+        renewing = asyncio.create_task(renewals.run()) if renewals is not None else None
         # An internal hop: no proxies from the environment.
         http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
         app.state.orchestrator_metrics = OrchestratorMetrics(metrics_url, http)
@@ -87,7 +90,10 @@ def create_app(orchestrator_address: str, *, max_body_bytes: int = 4 * MiB,
             yield
         finally:
             await http.aclose()
-            await ch.close()
+            if renewing is not None:
+                renewing.cancel()
+                await renewals.close()
+            await client.channel.close()
 
     app = FastAPI(title="llama-orch gateway", lifespan=lifespan)
     app.state.max_body_bytes = max_body_bytes

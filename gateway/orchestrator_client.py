@@ -130,9 +130,17 @@ class OrchestratorClient:
     """Typed, metadata-carrying access to ClientService over one shared channel."""
 
     def __init__(self, channel: grpc.aio.Channel):
+        self.rebind(channel)
+
+    def rebind(self, channel: grpc.aio.Channel) -> grpc.aio.Channel | None:
+        """New calls go over `channel` from now on (a renewed client certificate: see
+        gateway/identity.py); calls already open stay on the previous channel, which is
+        returned for its owner to close when they could have ended."""
+        previous = getattr(self, "channel", None)
         self.channel = channel
         self._stub = client_pb2_grpc.ClientServiceStub(channel)
         self._admin = admin_pb2_grpc.AdminServiceStub(channel)
+        return previous
 
     async def list_models(self, caller: Caller) -> list[common_pb2.ModelInfo]:
         reply = await self._unary(self._stub.ListModels, client_pb2.ListModelsRequest(), caller)

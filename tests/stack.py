@@ -111,6 +111,7 @@ class Stack:
     metrics_port: int = field(default_factory=free_port)
     extra_config: str = ""  # appended at the end (new tables)
     orchestrator_extra: str = ""  # lines inside [orchestrator]
+    env: dict[str, str] = field(default_factory=dict)  # more environment for `up`
     proc: subprocess.Popen | None = None
 
     @property
@@ -146,7 +147,8 @@ heartbeat_ms = 500
         self.log = open(self.root / "up.log", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cli", "up", "--config", str(self.config_path)],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **self.env} if self.env else None)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -8,6 +8,8 @@ the completion can only have come over TLS.
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import openai
 import pytest
@@ -21,7 +23,9 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    s = Stack(tmp_path_factory.mktemp("home-tls"), extra_config="[security]\ntls = true\n")
+    # Certificates are looked at every half second here (30 s by default).
+    s = Stack(tmp_path_factory.mktemp("home-tls"), extra_config="[security]\ntls = true\n",
+              env={"LLAMA_ORCH_TLS_CHECK_S": "0.5"})
     s.start()
     yield s
     s.stop()
@@ -54,3 +58,53 @@ def test_the_orchestrator_refuses_plaintext(stack):
     with grpc.insecure_channel(stack.orchestrator) as ch, pytest.raises(grpc.RpcError) as err:
         health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def _serial(dir) -> int:
+    return pki.load_cert((dir / "client-gateway.crt").read_bytes()).serial_number
+
+
+def _chat(stack) -> str:
+    client = openai.OpenAI(base_url=stack.base_url + "/v1", api_key="unused", max_retries=0,
+                           timeout=30)
+    return client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "the fox"}], max_tokens=2,
+        seed=1).choices[0].message.content
+
+
+def test_an_expiring_gateway_certificate_is_renewed_and_used_without_a_restart(stack):
+    """`up` reissues the gateway's certificate when it is due, and the gateway moves new
+    requests to it. Shown by revoking every certificate it held before: the requests
+    still served afterwards can only have used the renewed one."""
+    dir = stack.root / "data" / "pki"
+    original = _serial(dir)
+    assert _chat(stack)
+    # An already expired certificate over the files, as if the gateway had run for weeks.
+    ca = pki.CA.load(dir)
+    key, cert = ca.issue_new("client", "gateway", ttl_s=1)
+    time.sleep(1.5)
+    pki.write_private(dir / "client-gateway.key", key)
+    pki.write_atomic(dir / "client-gateway.crt", cert + ca.cert_pem)
+    expired = _serial(dir)
+    deadline = time.monotonic() + 60
+    while _serial(dir) == expired:  # `up` looks every LLAMA_ORCH_TLS_CHECK_S
+        assert time.monotonic() < deadline, "up did not renew the gateway's certificate"
+        time.sleep(0.2)
+    renewed = _serial(dir)
+    assert renewed not in (original, expired)
+    assert pki.remaining_fraction(pki.load_cert((dir / "client-gateway.crt").read_bytes())) > 0.9
+    ca.revoke(original)
+    ca.revoke(expired)
+    deadline, last = time.monotonic() + 60, None
+    while time.monotonic() < deadline:
+        try:
+            assert _chat(stack)
+            break
+        except openai.APIError as err:  # until the gateway's next look at its files
+            last = err
+            time.sleep(0.5)
+    else:
+        raise AssertionError(f"no request served with the renewed certificate: {last!r}")
+    logs = stack.logs()
+    assert "renewed the gateway's client certificate" in logs
+    assert '"code":"tls.identity_renewed"' in logs
