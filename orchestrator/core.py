@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import heapq
 import time
 import uuid
@@ -31,8 +30,8 @@ from orchestrator.retry import RetryPolicy
 from orchestrator.estimates import Estimates
 from orchestrator.queue_index import QueueIndex
 from orchestrator.snapshot import (Dispatch, EvictModel, JobView, Preload, Snapshot, StartWorker,
-                                   PreloadAdvice, StopWorker, UnservableAdvice, Wait, assemble)
-from orchestrator import optimizer, policies, usage
+                                   StopWorker, Wait, assemble)
+from orchestrator import advisor, policies, usage, watchdog
 from orchestrator.lua_policy import LuaPolicy, decide_with_fallback
 from orchestrator.types import JobState, WorkerPhase
 
@@ -69,14 +68,14 @@ class Orchestrator:
         self.advice: tuple = ()
         self._wake_at = float("inf")
         self._wake_timer: asyncio.TimerHandle | None = None
-        self._optimize_now = asyncio.Event()
+        self.optimize_now = asyncio.Event()
         # model ref -> (pool, device) where its workers are never evicted. Set by the
         # admin API's PinModel/UnpinModel, which write the store's pins table first and
         # hold pins_lock across the write and this update (so memory and the store agree
         # whatever order concurrent calls commit in); start() loads them back.
         self.pins: dict[str, set[tuple[str, str]]] = {}
         self.pins_lock = asyncio.Lock()
-        self._preloads: set[tuple[str, str]] = set()  # (pool, model) hot-loaded or on the way
+        self.preloads: set[tuple[str, str]] = set()  # (pool, model) hot-loaded or on the way
         self.idempotency: dict[str, str] = {}
         self._order = 0
         self._wake = asyncio.Event()
@@ -113,8 +112,8 @@ class Orchestrator:
         await self.load_policy()
         metrics.watch(self)  # gauges read on scrape, not set on every wake
         self._tasks = [asyncio.create_task(self._decision_loop(), name="decision-loop"),
-                       asyncio.create_task(self._watchdog(), name="watchdog"),
-                       asyncio.create_task(self._optimizer(), name="optimizer")]
+                       asyncio.create_task(watchdog.run(self), name="watchdog"),
+                       asyncio.create_task(advisor.run(self), name="optimizer")]
         self.wake()
 
     async def stop(self) -> None:
@@ -472,7 +471,7 @@ class Orchestrator:
                 max(0.0, self._wake_at - time.time()), self.wake)
         self._last_cycle = time.perf_counter()
 
-    def _expire_deadlines(self) -> None:
+    def expire_deadlines(self) -> None:
         now = time.time()
         while self._deadlines and self._deadlines[0][0] <= now:
             _, job_id = heapq.heappop(self._deadlines)
@@ -640,7 +639,7 @@ class Orchestrator:
         self.facts.publish(F.FACT_KIND_POOL_JOINED, f"{len(pool.inventory.devices)} devices",
                            pool_id=pool.pool_id, nvml_status=pool.inventory.nvml_status,
                            devices=[d.id for d in pool.inventory.devices])
-        self._optimize_now.set()
+        self.optimize_now.set()
         self.wake()
 
     def pool_lost(self, pool: PoolRecord, reason: str) -> None:
@@ -649,12 +648,12 @@ class Orchestrator:
         pool.available = False
         pool.fail_pending(reason)
         del self.registry.pools[pool.pool_id]
-        self._preloads = {k for k in self._preloads if k[0] != pool.pool_id}
+        self.preloads = {k for k in self.preloads if k[0] != pool.pool_id}
         self.facts.publish(F.FACT_KIND_POOL_LOST, reason, pool_id=pool.pool_id,
                            level=F.FACT_LEVEL_WARNING)
         for w in self.registry.workers_of(pool.pool_id):
             self.worker_gone(w.worker_id, OrchError("POOL_UNAVAILABLE", reason))
-        self._optimize_now.set()
+        self.optimize_now.set()
         self.wake()
 
     def _adopt(self, pool_id: str, info: common_pb2.WorkerInfo) -> WorkerRecord | None:
@@ -736,78 +735,3 @@ class Orchestrator:
         for job in [j for j in list(self.queue.values()) if j.model_ref == model_ref]:
             self._finish(job, JobState.FAILED, OrchError(
                 "WORKER_START_FAILED", f"no worker could start for {model_ref}: {error.message}"))
-
-    async def _optimizer(self) -> None:
-        """The queue optimizer: while the queue is deep, advise; the scheduler decides."""
-        o = self.cfg.orchestrator
-        cfg = optimizer.OptimizerConfig(threshold_queued=o.optimizer_threshold,
-                                        interval_s=o.optimizer_interval_s, budget_s=o.optimizer_budget_s)
-        while True:
-            # A pool joining or leaving changes what can be served: look again at once.
-            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
-            # arrives as the event is set (a pool leaving at shutdown), and stop() hung.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(cfg.interval_s):
-                    await self._optimize_now.wait()
-            self._optimize_now.clear()
-            if len(self.index) <= cfg.threshold_queued:
-                if self.advice:
-                    self.advice = ()
-                continue
-            t0 = time.perf_counter()
-            snap = self.snapshot()
-            advice = await asyncio.to_thread(optimizer.advise, snap, cfg.budget_s, cfg)
-            self.advice = tuple(advice)
-            metrics.OPTIMIZER_RUNS.labels(component="orchestrator").inc()
-            for a in advice:
-                metrics.OPTIMIZER_ADVICE.labels(component="orchestrator",
-                                                kind=type(a).__name__).inc()
-                self.facts.publish(F.FACT_KIND_OPTIMIZER_ADVICE, repr(a),
-                                   model_ref=a.model_ref, pool_id=getattr(a, "pool_id", ""),
-                                   level=F.FACT_LEVEL_WARNING if isinstance(a, UnservableAdvice)
-                                   else F.FACT_LEVEL_INFO, advice=type(a).__name__)
-                if isinstance(a, PreloadAdvice):
-                    self._preload(a.pool_id, a.model_ref)
-            self.facts.publish(F.FACT_KIND_OPTIMIZER_RUN, f"{len(advice)} suggestions",
-                               queued=len(self.index), ms=round((time.perf_counter() - t0) * 1000, 2))
-            self.wake()
-
-    def _preload(self, pool_id: str, model_ref: str) -> None:
-        """Hot-load a model's files on a pool (the optimizer's advice): once per pool and
-        model until the pool is lost or the preload fails."""
-        key = (pool_id, model_ref)
-        pool = self.registry.pools.get(pool_id)
-        if pool is None or key in self._preloads:
-            return
-        self._preloads.add(key)
-
-        async def run() -> None:
-            result = await pool.command(preload_model=pool_link_pb2.PreloadModelCommand(
-                model_ref=model_ref))
-            if not result.ok:
-                self._preloads.discard(key)
-                self.facts.publish(F.FACT_KIND_DECISION_REJECTED,
-                                   f"preload of {model_ref} on {pool_id} failed: {result.error.message}",
-                                   level=F.FACT_LEVEL_WARNING, pool_id=pool_id, model_ref=model_ref)
-        asyncio.create_task(run())
-
-    async def _watchdog(self) -> None:
-        """Marks pools lost after missed heartbeats and gives up on stuck starts."""
-        cfg = self.cfg.orchestrator
-        while True:
-            await asyncio.sleep(0.5)
-            self._expire_deadlines()
-            now = time.monotonic()
-            for pool in list(self.registry.pools.values()):
-                limit = cfg.missed_heartbeats * self.cfg.pool.heartbeat_ms / 1000
-                if now - pool.last_heartbeat > limit:
-                    self.pool_lost(pool, f"no heartbeat for {now - pool.last_heartbeat:.1f} s")
-            for w in list(self.registry.workers.values()):
-                if w.phase is WorkerPhase.STARTING and time.time() - w.started_at > cfg.worker_start_timeout_s:
-                    pool = self.registry.pools.get(w.pool_id)
-                    if pool is not None:
-                                        asyncio.create_task(pool.command(stop_worker=pool_link_pb2.StopWorkerCommand(
-                            worker_id=w.worker_id, force=True)))
-                    self.worker_gone(w.worker_id, OrchError(
-                        "WORKER_START_FAILED", f"not ready after {cfg.worker_start_timeout_s:.0f} s"),
-                        start_failed=True)

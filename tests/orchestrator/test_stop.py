@@ -28,7 +28,7 @@ async def test_stop_ends_the_optimizer_even_as_a_pool_leaves(tmp_path, yields):
         orch = Orchestrator(cfg)
         await orch.start()
         await asyncio.sleep(0)  # the optimizer is waiting now
-        orch._optimize_now.set()  # a pool joined or left ...
+        orch.optimize_now.set()  # a pool joined or left ...
         for _ in range(yields):
             await asyncio.sleep(0)
         await asyncio.wait_for(orch.stop(), GUARD_S)  # ... just as we stop
