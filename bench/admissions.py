@@ -110,7 +110,7 @@ async def measure(n: int, concurrency: int) -> dict:
 
 def render(r: dict) -> str:
     pg = r.get("postgresql") or {}
-    labels = {"sqlite": "SQLite (aiosqlite, WAL, synchronous=NORMAL)",
+    labels = {"sqlite": "SQLite (writes on the writer thread, WAL, synchronous=NORMAL)",
               "postgresql": "PostgreSQL (asyncpg, local, synchronous_commit="
                             f"{pg.get('synchronous_commit', '?')})"}
     rows = []
