@@ -83,3 +83,11 @@ def test_which_urls_get_a_writer_engine(tmp_path, url, shared):
     finally:
         if engine is not None:
             engine.dispose()
+
+
+async def test_stopping_the_writer_twice_is_harmless(tmp_path):
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path}/state.db")
+    await store.insert_job(row(1))
+    await store._writer.stop()  # noqa: SLF001 - as close() does, then close() again
+    await store.close()
+    await store.close()
