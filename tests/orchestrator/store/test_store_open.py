@@ -3,35 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
 
 from orchestrator.store import JobRow, Store, url_for_data_dir
-from orchestrator.store.engine import alembic_config, make_engine, normalize_url
-from orchestrator.store.schema import metadata
+from orchestrator.store.engine import make_engine, normalize_url
 from tests.orchestrator.store.job_factory import make_job
-
-HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
-
-
-async def _db_state(target):
-    """(alembic revision, table names, schema.py-vs-database differences)."""
-    engine = target.engine()
-    try:
-        async with engine.connect() as conn:
-            def look(sync_conn):
-                ctx = MigrationContext.configure(sync_conn)
-                return (ctx.get_current_revision(), set(inspect(sync_conn).get_table_names()),
-                        compare_metadata(ctx, metadata))
-            return await conn.run_sync(look)
-    finally:
-        await engine.dispose()
+from tests.orchestrator.store.migrations_helper import HEAD, db_state
 
 
 async def test_open_applies_migrations_to_head(store, target):
-    revision, tables, diff = await _db_state(target)
+    revision, tables, diff = await db_state(target)
     assert revision == HEAD
     assert {"jobs", "job_events", "alembic_version"} <= tables
     # schema.py and the migration history describe the same database.
@@ -47,7 +27,7 @@ async def test_reopen_keeps_data_and_migrates_nothing(target):
         assert (await second.get_job("job-000001")) is not None
     finally:
         await second.close()
-    revision, _, diff = await _db_state(target)
+    revision, _, diff = await db_state(target)
     assert (revision, diff) == (HEAD, [])
 
 

@@ -12,11 +12,6 @@ import shutil
 import grpc
 import pytest
 
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
-
 from common.config import Config, ModelConfig
 from common.errors import OrchError
 from llama_orch.v1 import admin_pb2 as A, admin_pb2_grpc
@@ -26,40 +21,22 @@ from orchestrator.core import Orchestrator
 from orchestrator.main import build_server
 from orchestrator.registry import WorkerRecord
 from orchestrator.snapshot import JobView, StopWorker
-from orchestrator.store.engine import alembic_config
-from orchestrator.store.schema import metadata
-from tests.orchestrator.store.test_store_usage import _migrate_to
 from orchestrator.types import Priority, WorkerPhase
 from tests.orchestrator.scripted_pool import ScriptedPool
+from tests.orchestrator.store.migrations_helper import HEAD, db_state, insert_old_tenant, migrate_to
 
 GIB = 1 << 30
-HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 async def test_migration_0005_adds_pins_and_agrees_with_schema_py(store, target):
-    engine = target.engine()
-    try:
-        async with engine.connect() as conn:
-            def look(sync_conn):
-                ctx = MigrationContext.configure(sync_conn)
-                return (ctx.get_current_revision(), set(inspect(sync_conn).get_table_names()),
-                        compare_metadata(ctx, metadata))
-            revision, tables, diff = await conn.run_sync(look)
-    finally:
-        await engine.dispose()
+    revision, tables, diff = await db_state(target)
     assert revision == HEAD == "0005"
     assert "pins" in tables and diff == []
 
 
 async def test_0005_upgrades_a_0004_database_and_keeps_its_rows(target):
-    await _migrate_to(target, "0004")
-    engine = target.engine()
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text("INSERT INTO tenants (id, name, created_at, credit_tokens) "
-                                    "VALUES ('t-old', 'old', 1.0, 7)"))
-    finally:
-        await engine.dispose()
+    await migrate_to(target, "0004")
+    await insert_old_tenant(target)
     store = await target.open()  # migrates to head
     try:
         assert (await store.get_tenant("t-old")).credit_tokens == 7

@@ -5,18 +5,11 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
 
 from orchestrator.store import DuplicateKey, JobRow, StoreError
-from orchestrator.store.engine import alembic_config
-from orchestrator.store.schema import metadata
 from orchestrator.store.store import ApiKeyRow, AuditRow, TenantRow
 from tests.orchestrator.store.job_factory import make_job
-
-HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
+from tests.orchestrator.store.migrations_helper import HEAD, db_state
 
 
 def tenant(i: int, **kw) -> TenantRow:
@@ -34,16 +27,7 @@ def entry(i: int, **kw) -> AuditRow:
 
 
 async def test_migrations_through_0002_reach_head_and_agree_with_schema_py(store, target):
-    engine = target.engine()
-    try:
-        async with engine.connect() as conn:
-            def look(sync_conn):
-                ctx = MigrationContext.configure(sync_conn)
-                return (ctx.get_current_revision(), set(inspect(sync_conn).get_table_names()),
-                        compare_metadata(ctx, metadata))
-            revision, tables, diff = await conn.run_sync(look)
-    finally:
-        await engine.dispose()
+    revision, tables, diff = await db_state(target)
     assert revision == HEAD  # 0002 or a later migration on top of it
     assert {"tenants", "api_keys", "audit_log"} <= tables
     assert diff == []

@@ -6,19 +6,12 @@ import asyncio
 import dataclasses
 
 import pytest
-from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
 
 from orchestrator.store import DuplicateKey, JobRow
-from orchestrator.store.engine import alembic_config
-from orchestrator.store.schema import metadata
 from orchestrator.store.store import EarningRow, TenantRow, UsageRow
 from tests.orchestrator.store.job_factory import make_job
+from tests.orchestrator.store.migrations_helper import HEAD, db_state, insert_old_tenant, migrate_to
 
-HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 T0 = 1_700_000_000.0
 
 
@@ -30,48 +23,16 @@ def record(i: int, tenant: str = "t-a", at: float = T0, **kw) -> UsageRow:
     return UsageRow(**{**values, **kw})
 
 
-async def _migrate_to(target, revision: str) -> None:
-    engine = target.engine()
-    try:
-        async with engine.begin() as conn:
-            if target.schema:
-                await conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{target.schema}"')
-
-            def run(sync_conn):
-                cfg = alembic_config()
-                cfg.attributes["connection"] = sync_conn
-                command.upgrade(cfg, revision)
-            await conn.run_sync(run)
-    finally:
-        await engine.dispose()
-
-
 async def test_migration_0003_is_head_and_agrees_with_schema_py(store, target):
-    engine = target.engine()
-    try:
-        async with engine.connect() as conn:
-            def look(sync_conn):
-                ctx = MigrationContext.configure(sync_conn)
-                columns = {c["name"] for c in inspect(sync_conn).get_columns("tenants")}
-                return (ctx.get_current_revision(), set(inspect(sync_conn).get_table_names()),
-                        columns, compare_metadata(ctx, metadata))
-            revision, tables, tenant_columns, diff = await conn.run_sync(look)
-    finally:
-        await engine.dispose()
+    revision, tables, diff, tenant_columns = await db_state(target, "tenants")
     assert revision == HEAD  # 0003, or a later migration on top of it (0005: pins)
     assert "usage_records" in tables and "submit_rate_per_second" in tenant_columns
     assert diff == []
 
 
 async def test_0003_upgrades_a_0002_database_and_keeps_its_tenants(target):
-    await _migrate_to(target, "0002")
-    engine = target.engine()
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text("INSERT INTO tenants (id, name, created_at, credit_tokens) "
-                                    "VALUES ('t-old', 'old', 1.0, 7)"))
-    finally:
-        await engine.dispose()
+    await migrate_to(target, "0002")
+    await insert_old_tenant(target)
     store = await target.open()  # migrates to head
     try:
         assert await store.get_tenant("t-old") == TenantRow(
