@@ -108,7 +108,6 @@ class Writer:
                       if sync_engine is not None else None)
         self._thread = (ThreadPoolExecutor(1, thread_name_prefix="store-writer")
                         if sync_engine is not None else None)
-        self._thread_stopped = False
         self._insert_jobs = insert(jobs)
         self._upsert_jobs = _upsert_statement(engine.dialect.name)
         self._insert_events = insert(job_events)
@@ -164,11 +163,10 @@ class Writer:
             self._wake.set()
             self._urgent.set()
             await asyncio.gather(self._task, return_exceptions=True)
-            if self._thread is not None and not self._thread_stopped:
-                self._thread_stopped = True  # stop() may be called again
-                await asyncio.get_running_loop().run_in_executor(
-                    self._thread, self._sync_engine.dispose)
-                self._thread.shutdown(wait=False)
+            thread, self._thread = self._thread, None  # stop() may be called again
+            if thread is not None:
+                await asyncio.get_running_loop().run_in_executor(thread, self._sync_engine.dispose)
+                thread.shutdown(wait=False)
 
     # ---- the task ----------------------------------------------------------------------
 
