@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import math
 import os
 import time
 from collections.abc import Callable
@@ -72,9 +73,11 @@ def check_interval_s() -> float:
     """How often a client certificate's files are looked at for a renewal (the gateway)
     and whether to renew it (`llama-orch up`): CHECK_S, or LLAMA_ORCH_TLS_CHECK_S."""
     try:
-        return max(0.05, float(os.environ.get("LLAMA_ORCH_TLS_CHECK_S", CHECK_S)))
+        seconds = float(os.environ.get("LLAMA_ORCH_TLS_CHECK_S", CHECK_S))
     except ValueError:
         return CHECK_S
+    # Not a number, or "never": renewals would stop being noticed; keep the default.
+    return max(0.05, seconds) if math.isfinite(seconds) else CHECK_S
 
 
 def file_stamp(paths) -> tuple:

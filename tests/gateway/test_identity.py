@@ -64,3 +64,14 @@ async def test_broken_files_keep_the_current_channel_until_a_good_pair_arrives(s
     finally:
         await watch.close()
         await client.channel.close()
+
+
+@pytest.mark.parametrize("value, seconds", [
+    (None, tls.CHECK_S), ("2.5", 2.5), ("0", 0.05), ("-3", 0.05), ("soon", tls.CHECK_S),
+    ("", tls.CHECK_S), ("nan", tls.CHECK_S), ("inf", tls.CHECK_S), ("1e999", tls.CHECK_S)])
+def test_the_check_interval_from_the_environment_is_bounded(monkeypatch, value, seconds):
+    if value is None:
+        monkeypatch.delenv("LLAMA_ORCH_TLS_CHECK_S", raising=False)
+    else:
+        monkeypatch.setenv("LLAMA_ORCH_TLS_CHECK_S", value)
+    assert tls.check_interval_s() == seconds
