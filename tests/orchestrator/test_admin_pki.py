@@ -111,6 +111,15 @@ def audit_facts(orch: Orchestrator) -> list[E.Fact]:
     return list(orch.facts.recent([E.FACT_KIND_AUDIT]))
 
 
+async def refused_and_unchanged(s: Secured, method: str, request, param: str) -> None:
+    """The admin call is INVALID_ARGUMENT naming `param`, and nothing changed: no PKI
+    file, no AUDIT fact."""
+    before = s.files()
+    assert await code_of(getattr(s.admin(), method)(request, metadata=bearer(s.admin_key))) == \
+        ("INVALID_ARGUMENT", param)
+    assert s.files() == before and not audit_facts(s.orch)
+
+
 # ---- CreateJoinToken ----------------------------------------------------------------------
 
 async def test_a_join_token_from_the_api_lets_its_pool_join_once(secured):
@@ -162,11 +171,8 @@ async def test_a_join_token_from_the_api_lets_its_pool_join_once(secured):
 async def test_malformed_join_token_requests_are_invalid_and_change_nothing(
         secured, pool_id, ttl, param):
     s = secured
-    before = s.files()
-    assert await code_of(s.admin().CreateJoinToken(A.CreateJoinTokenRequest(
-        pool_id=pool_id, ttl_seconds=ttl), metadata=bearer(s.admin_key))) == \
-        ("INVALID_ARGUMENT", param)
-    assert s.files() == before and not audit_facts(s.orch)
+    await refused_and_unchanged(s, "CreateJoinToken", A.CreateJoinTokenRequest(
+        pool_id=pool_id, ttl_seconds=ttl), param)
     [entry] = [e for e in await s.audit() if e.action == "AdminService/CreateJoinToken"]
     assert entry.outcome == "INVALID_ARGUMENT"
 
@@ -220,11 +226,8 @@ def _p256_pem() -> bytes:
 async def test_bad_provider_keys_are_invalid_and_change_nothing(
         secured, provider_id, public_key, param):
     s = secured
-    before = s.files()
-    assert await code_of(s.admin().EnrollProviderKey(A.EnrollProviderKeyRequest(
-        provider_id=provider_id, public_key=public_key), metadata=bearer(s.admin_key))) == \
-        ("INVALID_ARGUMENT", param)
-    assert s.files() == before and not audit_facts(s.orch)
+    await refused_and_unchanged(s, "EnrollProviderKey", A.EnrollProviderKeyRequest(
+        provider_id=provider_id, public_key=public_key), param)
 
 
 # ---- RevokeCertificate ----------------------------------------------------------------------
@@ -270,11 +273,8 @@ async def test_a_revocation_through_the_api_refuses_the_certificate_on_its_next_
 async def test_malformed_serials_are_invalid_and_leave_the_crl_alone(
         secured, serial_hex, reason, param):
     s = secured
-    before = s.files()
-    assert await code_of(s.admin().RevokeCertificate(A.RevokeCertificateRequest(
-        serial_hex=serial_hex, reason=reason), metadata=bearer(s.admin_key))) == \
-        ("INVALID_ARGUMENT", param)
-    assert s.files() == before and not audit_facts(s.orch)
+    await refused_and_unchanged(s, "RevokeCertificate", A.RevokeCertificateRequest(
+        serial_hex=serial_hex, reason=reason), param)
 
 
 # ---- who may call them ----------------------------------------------------------------------
