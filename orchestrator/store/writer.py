@@ -7,10 +7,13 @@ transaction: one executemany per statement. After the commit it resolves each
 caller's future. While a batch is being written the next one accumulates, so the
 batch size follows the load and an idle store commits an awaited write at once.
 
-Where it runs. Each batch is one synchronous function over a plain SQLAlchemy
-Connection. On SQLite it runs on the writer's own thread with its own connection
+Where it runs. Each batch is one synchronous function over a connection. On SQLite
+it runs on the writer's own thread with its own sqlite3 connection
 (engine.make_writer_engine), so a batch costs the event loop one wake-up instead of
-a round trip per statement; on PostgreSQL it runs through AsyncConnection.run_sync.
+a round trip per statement, and its statements skip SQLAlchemy's execution layer
+(store/sqlite_direct.py says why); on PostgreSQL it runs through
+AsyncConnection.run_sync. The rare retry after a collision (savepoints, a lookup of
+who holds the key) always goes through SQLAlchemy.
 
 Write-behind lingers. When only write-behind operations are queued (a streaming
 job's events, nobody waiting on them), the writer waits up to `linger_s` for more
@@ -54,6 +57,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from common import log
 from orchestrator.store.errors import DuplicateKey, StoreClosed, StoreError
 from orchestrator.store.schema import JOB_MUTABLE, job_events, jobs
+from orchestrator.store.sqlite_direct import DirectSqlite
 
 T = TypeVar("T")
 
@@ -108,6 +112,7 @@ class Writer:
                       if sync_engine is not None else None)
         self._thread = (ThreadPoolExecutor(1, thread_name_prefix="store-writer")
                         if sync_engine is not None else None)
+        self._direct = DirectSqlite(sync_engine) if sync_engine is not None else None
         self._insert_jobs = insert(jobs)
         self._upsert_jobs = _upsert_statement(engine.dialect.name)
         self._insert_events = insert(job_events)
@@ -165,7 +170,7 @@ class Writer:
             await asyncio.gather(self._task, return_exceptions=True)
             thread, self._thread = self._thread, None  # stop() may be called again
             if thread is not None:
-                await asyncio.get_running_loop().run_in_executor(thread, self._sync_engine.dispose)
+                await asyncio.get_running_loop().run_in_executor(thread, self._release_thread_engine)
                 thread.shutdown(wait=False)
 
     # ---- the task ----------------------------------------------------------------------
@@ -258,7 +263,7 @@ class Writer:
                 conn.execute(self._insert_events, events)
             for stmt, params in rows.values():
                 conn.execute(stmt, params)
-        await self._in_transaction(apply)
+        await self._in_transaction(apply, direct=True)
         self.commits += 1
         self.written += (len(inserts) + len(upserts) + len(events)
                          + sum(len(p) for _, p in rows.values()))
@@ -285,17 +290,24 @@ class Writer:
         self.written += sum(op.units for op, o in zip(batch, outcomes) if o is None)
         return outcomes
 
-    async def _in_transaction(self, fn: Callable[[Connection], T]) -> T:
-        """fn(conn) in one write transaction, committed when this returns."""
+    async def _in_transaction(self, fn: Callable[[Any], T], *, direct: bool = False) -> T:
+        """fn(conn) in one write transaction, committed when this returns. `direct`:
+        fn only calls conn.execute(statement, params), which the writer thread's
+        DirectSqlite runs without SQLAlchemy's execution layer."""
         if self._thread is not None:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._thread, self._sync_transaction, fn)
+            run = self._direct.transaction if direct else self._sync_transaction
+            return await asyncio.get_running_loop().run_in_executor(self._thread, run, fn)
         async with self._engine.begin() as conn:
             return await conn.run_sync(fn)
 
     def _sync_transaction(self, fn: Callable[[Connection], T]) -> T:
         with self._sync.begin() as conn:
             return fn(conn)
+
+    def _release_thread_engine(self) -> None:
+        """On the writer's thread, at stop: its connections closed."""
+        self._direct.close()
+        self._sync_engine.dispose()
 
     def _statement(self, kind: Kind) -> Any:
         return {Kind.INSERT: self._insert_jobs, Kind.UPSERT: self._upsert_jobs,

@@ -1,5 +1,6 @@
 """Where the writer's transactions run: on SQLite, the writer's own thread with its own
-connection (one wake-up of the event loop per batch); elsewhere, the async engine."""
+sqlite3 connection, statements not going through SQLAlchemy's execution layer (one
+wake-up of the event loop per batch); elsewhere, the async engine."""
 
 from __future__ import annotations
 
@@ -15,15 +16,34 @@ from tests.orchestrator.store.job_factory import event as job_event
 from tests.orchestrator.store.test_store_writer import row
 
 
-def _record_threads(store: Store) -> list[str]:
-    """Names of the threads that execute the writer's INSERTs from now on."""
-    seen: list[str] = []
-    sync_engine = store._writer._sync_engine or store._engine.sync_engine  # noqa: SLF001
+def _inserting(seen: list[str], statement: str) -> None:
+    if statement.lstrip().upper().startswith("INSERT"):
+        seen.append(threading.current_thread().name)
 
-    @event.listens_for(sync_engine, "before_cursor_execute")
+
+def _record_threads(store: Store) -> list[str]:
+    """Names of the threads that execute the writer's INSERTs from now on: on SQLite, as
+    the driver runs them (its trace callback, on every connection made from now on)."""
+    seen: list[str] = []
+    writer_engine = store._writer._sync_engine  # noqa: SLF001
+    if writer_engine is not None:
+        @event.listens_for(writer_engine, "connect")
+        def _on_connect(dbapi_conn, _record) -> None:  # noqa: ANN001
+            dbapi_conn.set_trace_callback(lambda statement: _inserting(seen, statement))
+    else:
+        @event.listens_for(store._engine.sync_engine, "before_cursor_execute")  # noqa: SLF001
+        def _on_execute(conn, cursor, statement, *args) -> None:  # noqa: ANN001
+            _inserting(seen, statement)
+    return seen
+
+
+def _record_sqlalchemy_inserts(engine) -> list[str]:  # noqa: ANN001
+    """INSERTs that go through SQLAlchemy's execution layer on `engine` from now on."""
+    seen: list[str] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
     def _on_execute(conn, cursor, statement, *args) -> None:  # noqa: ANN001
-        if statement.lstrip().upper().startswith("INSERT"):
-            seen.append(threading.current_thread().name)
+        _inserting(seen, statement)
     return seen
 
 
@@ -31,12 +51,14 @@ async def test_sqlite_batches_run_on_the_writers_thread(tmp_path):
     store = await Store.open(f"sqlite+aiosqlite:///{tmp_path}/state.db", linger_s=0)
     try:
         seen = _record_threads(store)
+        layered = _record_sqlalchemy_inserts(store._writer._sync_engine)  # noqa: SLF001
         await asyncio.gather(*(store.insert_job(row(i)) for i in range(20)))
         store.append_events([job_event(row(1).job_id, 1)])
         await store.flush()
         assert seen and set(seen) == {seen[0]}
         assert seen[0].startswith("store-writer")
         assert seen[0] != threading.current_thread().name
+        assert layered == []  # sqlite_direct.py: the driver's connection, used directly
         writer_threads = [t for t in threading.enumerate() if t.name.startswith("store-writer")]
         assert writer_threads
     finally:
