@@ -24,11 +24,20 @@ _LEVEL_NAMES = {K.FACT_LEVEL_DEBUG: "debug", K.FACT_LEVEL_INFO: "info",
                 K.FACT_LEVEL_WARNING: "warning", K.FACT_LEVEL_ERROR: "error"}
 
 
+def _code(name: str) -> str:
+    head, _, tail = name.removeprefix("FACT_KIND_").lower().partition("_")
+    return f"{head}.{tail}" if tail else head
+
+
+_CODES = {number: _code(name) for name, number in events_pb2.FactKind.items()}
+
+
 def code_of(kind: int) -> str:
     """FACT_KIND_WORKER_FAILED -> "worker.failed" (the stable event code)."""
-    name = events_pb2.FactKind.Name(kind).removeprefix("FACT_KIND_").lower()
-    head, _, tail = name.partition("_")
-    return f"{head}.{tail}" if tail else head
+    code = _CODES.get(kind)
+    if code is None:
+        raise ValueError(f"{kind} is not a FactKind")
+    return code
 
 
 class _Subscriber:

@@ -1,5 +1,7 @@
 import asyncio
 
+import pytest
+
 from orchestrator.facts import FactBus, code_of
 from llama_orch.v1 import events_pb2 as E
 
@@ -7,6 +9,15 @@ from llama_orch.v1 import events_pb2 as E
 def test_codes_are_dotted_and_stable():
     assert code_of(E.FACT_KIND_WORKER_FAILED) == "worker.failed"
     assert code_of(E.FACT_KIND_JOB_ADMITTED) == "job.admitted"
+    for name, number in E.FactKind.items():  # every kind, from the table made at import
+        head, _, tail = name.removeprefix("FACT_KIND_").lower().partition("_")
+        assert code_of(number) == (f"{head}.{tail}" if tail else head)
+
+
+@pytest.mark.parametrize("bad", [-1, 10_000, 2**31 - 1])
+def test_a_kind_the_enum_lacks_is_refused(bad):
+    with pytest.raises(ValueError):
+        code_of(bad)
 
 
 def test_publish_logs_the_same_record(capsys):
