@@ -170,7 +170,7 @@ class Orchestrator:
                         tenant_id=tenant_id)  # the submitter's tenant (tenancy.py)
         if not idempotency_key:
             try:
-                self._track(job)
+                self._track(job, inserting=True)
                 job.append(queued=F.JobQueued(priority=spec.priority or common_pb2.PRIORITY_INTERACTIVE))
                 self._admitted(job, correlation_id)
                 self.wake()
@@ -213,9 +213,10 @@ class Orchestrator:
         self.facts.publish(F.FACT_KIND_JOB_FAILED, job.cancel_error.message, level=F.FACT_LEVEL_ERROR,
                            job_id=job.job_id, model_ref=job.model_ref, error_code="UNAVAILABLE")
 
-    def _track(self, job: JobRecord) -> None:
-        """Make a live job known to the loop: table, queue (if queued), deadline."""
-        self.durability.track(job)
+    def _track(self, job: JobRecord, *, inserting: bool = False) -> None:
+        """Make a live job known to the loop: table, queue (if queued), deadline.
+        `inserting`: its row's insert is still to come (Durability.track)."""
+        self.durability.track(job, inserting=inserting)
         self.jobs[job.job_id] = job
         if job.idempotency_key:
             self.idempotency[job.idempotency_key] = job.job_id

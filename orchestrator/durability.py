@@ -60,19 +60,32 @@ class Durability:
         self._pending[job] = event.seq
         self._kick.set()
 
-    def track(self, job: JobRecord) -> None:
-        """Route the job's new events here (on_append) and its reservations (on_reserve)."""
+    def track(self, job: JobRecord, *, inserting: bool = False) -> None:
+        """Route the job's new events here (on_append) and its reservations (on_reserve).
+
+        `inserting`: the job's row is about to be inserted (insert()), and that insert
+        carries its first reservation, so its first events ask for no row write of
+        their own. (One did: a second write of every new job's row, and an upsert that
+        could put back the row of a job whose insert the store had refused.)"""
         job.on_append = self.appended
         job.on_reserve = self._reserve
         if self.store is None:
             job.reserved_durable = job.seq_reserved = 1 << 62
+        elif inserting:
+            job.reserving = True
 
     async def insert(self, job: JobRecord) -> None:
-        """Commit the job's row; its events up to the reservation may then be shown."""
+        """Commit the job's row; its events up to the reservation may then be shown.
+        If the insert fails, the job's reservation stays pending for good: nothing
+        writes a row for a job the store refused."""
         if self.store is not None:
             reserved = job.seq_reserved
             await self.store.insert_job(row_of(job))
             job.reservation_committed(reserved)
+            job.reserving = False
+            if job.last_seq > job.reserved_durable:  # more events than the row reserved
+                job.reserving = True
+                self._reserve(job)
 
     def _reserve(self, job: JobRecord) -> None:
         asyncio.create_task(self._save_reservation(job))

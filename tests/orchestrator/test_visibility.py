@@ -3,6 +3,7 @@ recovered after a crash continues above its reservation and says where its store
 ends (orchestrator/jobs.py). Real SQLite store, in-process orchestrator, no pools."""
 
 import asyncio
+import sqlite3
 
 import pytest
 
@@ -10,7 +11,7 @@ from common.config import Config
 from llama_orch.v1 import common_pb2 as C, events_pb2 as E
 from orchestrator.core import Orchestrator
 from orchestrator.jobs import SEQ_BLOCK
-from orchestrator.store import Store
+from orchestrator.store import Store, StoreError
 
 
 @pytest.fixture
@@ -105,3 +106,51 @@ async def test_a_job_whose_row_the_store_refuses_is_withdrawn(make):
     assert not orch.queue and not orch.jobs  # nothing left to schedule or to look up
     fact = await asyncio.wait_for(anext(facts), 5)
     assert fact.attributes["error_code"] == "UNAVAILABLE"
+
+
+def _count_row_writes(store: Store) -> list[str]:
+    """job_ids of update_job calls from now on (the store still writes them)."""
+    written: list[str] = []
+    real = store.update_job
+
+    async def update_job(row, **kw):
+        written.append(row.job_id)
+        return await real(row, **kw)
+    store.update_job = update_job
+    return written
+
+
+async def test_a_new_jobs_first_events_ride_on_its_insert_not_a_second_row_write(make):
+    orch, store = await make()
+    written = _count_row_writes(store)
+    job, _ = await orch.submit(spec())
+    job.append(tokens=tokens("a", 1))
+    await store.flush()
+    await asyncio.sleep(0)  # a reservation task, had one been started, has run
+    assert written == []
+    assert job.visible_seq == job.last_seq  # shown: the insert's reservation covers them
+    assert (await store.get_job(job.job_id)).job.seq_reserved >= SEQ_BLOCK
+
+
+async def test_a_job_whose_insert_failed_gets_no_row_from_a_later_write(make):
+    orch, store = await make()
+    direct = store._writer._direct  # noqa: SLF001 - one failed transaction, then healthy
+    real, failed = direct.transaction, []
+
+    def transaction(fn):
+        if not failed:
+            failed.append(True)
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(fn)
+    direct.transaction = transaction
+    facts = orch.facts.watch([E.FACT_KIND_JOB_FAILED])
+    with pytest.raises(Exception) as err:
+        await orch.submit(spec())
+    assert getattr(err.value, "code", None) == "UNAVAILABLE"
+    job_id = (await asyncio.wait_for(anext(facts), 5)).job_id
+    with pytest.raises(StoreError, match="write-behind failed"):
+        await store.flush()  # the job's first event was in the failed batch: said once
+    await store.flush()  # the store works again
+    assert await store.get_job(job_id) is None
+    again, _ = await orch.submit(spec(seed=2))
+    assert await store.get_job(again.job_id) is not None
