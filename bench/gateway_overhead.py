@@ -11,7 +11,7 @@ what is added between the orchestrator and the gateway. Reported: time to first
 token and inter-token latency percentiles per path, the differences, and requests/s
 and tokens/s through the gateway. Not a test: no assertions.
 
-    .venv/bin/python bench/gateway_overhead.py [--write] [--requests-per-client 8]
+    .venv/bin/python bench/gateway_overhead.py [--write] [--requests-per-client N]
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ SIM = {"ttft_ms": 20, "ttft_spread_ms": 0, "itl_ms": 10, "itl_spread_ms": 0,
        "prefill_us_per_token": 0, "slots": 128, "load_slowdown": 0}
 MAX_TOKENS = 32
 CONCURRENCY = (1, 16, 64)
+# Requests per path at each concurrency: enough that p99 is not one of a handful of
+# samples (at 1, eight requests made "p99" their worst), few enough for ~2 minutes.
+REQUESTS = {1: 64, 16: 512, 64: 512}
 MESSAGES = [{"role": "user", "content": "tell me a story about a fox"}]
 
 
@@ -240,7 +243,8 @@ def _stats(s: Sample, seconds: float) -> dict:
             "n": len(s.ttft)}
 
 
-async def measure(per_client: int) -> dict:
+async def measure(per_client: int | None = None) -> dict:
+    """`per_client`: requests per client at every concurrency (default: REQUESTS)."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model = sim_model(root)
@@ -260,14 +264,15 @@ async def measure(per_client: int) -> dict:
                     async with grpc.aio.insecure_channel(endpoint) as wch:
                         stub = worker_pb2_grpc.WorkerServiceStub(wch)
                         for c in CONCURRENCY:
+                            n = per_client or max(1, REQUESTS.get(c, 8 * c) // c)
                             await _run(c, 1, _gateway_one, conns)  # warm
                             await _run(c, 1, lambda i, o: _orchestrator_one(orch, i, o))
                             *ds, d_cpu = await _with_cpu(pids, _run(
-                                c, per_client, lambda i, o: _direct_one(stub, i, o)))
+                                c, n, lambda i, o: _direct_one(stub, i, o)))
                             *os_, _ = await _with_cpu(pids, _run(
-                                c, per_client, lambda i, o: _orchestrator_one(orch, i, o)))
+                                c, n, lambda i, o: _orchestrator_one(orch, i, o)))
                             *gs, g_cpu = await _with_cpu(
-                                pids, _run(c, per_client, _gateway_one, conns))
+                                pids, _run(c, n, _gateway_one, conns))
                             d, o, g = _stats(*ds), _stats(*os_), _stats(*gs)
                             results[c] = {"direct": d, "orchestrator": o, "gateway": g,
                                           "cpu_us_per_token": {"direct": d_cpu, "gateway": g_cpu},
@@ -278,10 +283,12 @@ async def measure(per_client: int) -> dict:
                     await conn.close()
         finally:
             stack.stop()
-    return {"by_concurrency": results, "per_client": per_client, "date": time.strftime("%Y-%m-%d")}
+    return {"by_concurrency": results, "date": time.strftime("%Y-%m-%d")}
 
 
 def render(r: dict) -> str:
+    requests = " / ".join(str(x["gateway"]["n"]) for x in r["by_concurrency"].values())
+    levels = " / ".join(str(c) for c in r["by_concurrency"])
     rows = []
     for c, x in r["by_concurrency"].items():
         d, g = x["direct"], x["gateway"]
@@ -323,9 +330,9 @@ def render(r: dict) -> str:
 
 `python bench/gateway_overhead.py --write` — one run, {r['date']}. Sim worker with a fixed
 {SIM['ttft_ms']} ms time to first token and {SIM['itl_ms']} ms between tokens (no spread, no
-slowdown, {SIM['slots']} slots), {MAX_TOKENS} tokens per request, {r['per_client']} requests per
-client. "direct" is the worker's Execute over gRPC; "gateway" is an OpenAI streamed chat
-completion through gateway -> orchestrator -> worker, read by a minimal keep-alive
+slowdown, {SIM['slots']} slots), {MAX_TOKENS} tokens per request; {requests} requests per
+path at concurrency {levels}. "direct" is the worker's Execute over gRPC; "gateway" is an
+OpenAI streamed chat completion through gateway -> orchestrator -> worker, read by a minimal keep-alive
 SSE client (httpx costs ~100 us per token more than the gRPC client of the direct
 path, on the same cores). Everything (clients, gateway,
 orchestrator, pool manager, worker) shares the machine's 2 cores. Times in ms, p50 / p99.
@@ -369,7 +376,8 @@ inter-token p99 <= 5 ms.
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--write", action="store_true")
-    ap.add_argument("--requests-per-client", type=int, default=8)
+    ap.add_argument("--requests-per-client", type=int, default=None,
+                    help="the same at every concurrency (default: REQUESTS, per concurrency)")
     ns = ap.parse_args()
     r = asyncio.run(measure(ns.requests_per_client))
     if ns.write:
