@@ -228,6 +228,10 @@ async def _stream(request: Request, streams: Sequence[JobEvents], req: GenReques
         return frame["prefix"] + sse.compact(choice) + suffix + "\n\n"
 
     reframe()
+    # A choice's finish chunk waits for what comes next (another choice's token, or the
+    # end: usage and [DONE]) and leaves with it: one write to the client where there
+    # were three or four. A job's end is its last event, so nothing waits for long.
+    finished = ""
 
     try:
         for index in sorted(outcome.choices):
@@ -242,24 +246,22 @@ async def _stream(request: Request, streams: Sequence[JobEvents], req: GenReques
                 if event.HasField("tokens"):
                     logprobs = (flavor.logprobs(event.tokens.logprobs, offset)
                                 if req.wants_logprobs else None)
-                    yield chunk(flavor.delta(choice.index, event.tokens.text, logprobs))
+                    yield finished + chunk(flavor.delta(choice.index, event.tokens.text, logprobs))
+                    finished = ""
                 else:
                     if head["system_fingerprint"] != outcome.fingerprint:
                         head["system_fingerprint"] = outcome.fingerprint
                         reframe()
-                    yield chunk(flavor.finish(choice.index, choice.finish_reason or "stop"))
+                    finished += chunk(flavor.finish(choice.index, choice.finish_reason or "stop"))
         outcome.check_done()
-        if req.include_usage:
-            yield sse.data({**head, "choices": [], "usage": outcome.usage()})
-        yield sse.DONE
+        usage = sse.data({**head, "choices": [], "usage": outcome.usage()}) if req.include_usage else ""
+        yield finished + usage + sse.DONE
     except OrchError as err:
-        yield _stream_error(request, err)
-        yield sse.DONE
+        yield finished + _stream_error(request, err) + sse.DONE
     except Exception as exc:  # a bug here must still end the stream the OpenAI way
         log.emit("gateway", "stream.crashed", f"{type(exc).__name__}: {exc}", level="error",
                  correlation_id=caller_of(request).correlation_id)
-        yield _stream_error(request, OrchError("INTERNAL", "internal gateway error"))
-        yield sse.DONE
+        yield finished + _stream_error(request, OrchError("INTERNAL", "internal gateway error")) + sse.DONE
     finally:
         _cancel(streams)
         _log_divergences(outcome, caller_of(request).correlation_id)

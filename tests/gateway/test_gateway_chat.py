@@ -271,3 +271,49 @@ async def test_a_penalty_for_an_unknown_model_is_model_not_found(client, orchest
                                                          "frequency_penalty": 1})
     assert r.status_code == 404
     assert (r.json()["error"]["code"], r.json()["error"]["param"]) == ("model_not_found", "model")
+
+
+def _recording(app, bodies: list[bytes]):
+    """`app`, noting the body of every http.response.body message it sends."""
+    async def recorded(scope, receive, send):
+        async def note(message):
+            if message["type"] == "http.response.body":
+                bodies.append(message.get("body", b""))
+            await send(message)
+        await app(scope, receive, note)
+    return recorded
+
+
+async def _written(app, body: dict) -> list[bytes]:
+    bodies: list[bytes] = []
+    transport = httpx.ASGITransport(app=_recording(app, bodies))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+        r = await c.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200
+    return [b for b in bodies if b]  # the last, empty one ends the body
+
+
+async def test_a_stream_ends_in_one_write_each_token_in_its_own(app, orchestrator):
+    orchestrator.script = [queued(), started(), tokens("Hel"), tokens("lo"), end()]
+    writes = await _written(app, {**HELLO, "stream": True,
+                                  "stream_options": {"include_usage": True}})
+    # role chunk, one write per token (none waits for the next), then finish + usage + [DONE]
+    assert len(writes) == 4
+    assert b'"content":"Hel"' in writes[1] and b'"content":"lo"' in writes[2]
+    last = sse_events(writes[3].decode())
+    assert last[0]["choices"][0]["finish_reason"] == "stop"
+    assert last[1]["usage"]["completion_tokens"] == 2 and last[2] == "[DONE]"
+
+
+async def test_an_error_and_done_leave_together_after_the_finish_of_another_choice(
+        app, orchestrator):
+    orchestrator.script = [queued(), started(), tokens("A", index=0), end(index=0),
+                           tokens("B", index=1), error("WORKER_CRASHED", "worker died")]
+    writes = await _written(app, {**HELLO, "n": 2, "stream": True})
+    events = [e for w in writes for e in sse_events(w.decode())]
+    # Choice 0's finish leaves with choice 1's next token, in order.
+    with_b = next(sse_events(w.decode()) for w in writes if b'"content":"B"' in w)
+    assert [e["choices"][0]["finish_reason"] for e in with_b] == ["stop", None]
+    assert with_b[0]["choices"][0]["index"] == 0
+    assert sse_events(writes[-1].decode()) == [events[-2], "[DONE]"]
+    assert events[-2]["error"]["code"] == "worker_crashed"
