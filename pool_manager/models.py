@@ -102,7 +102,7 @@ class Models:
             out[e.ref] = common_pb2.ModelResidency(model_ref=e.ref, cached=True,
                                                    size_bytes=e.size_bytes,
                                                    last_used_at=to_timestamp(e.last_used))
-        for ref, size, _fraction, last_used in self.preloader.entries():
+        for ref, size, last_used in self.preloader.entries():
             r = out.setdefault(self._pinned.get(ref, ref), common_pb2.ModelResidency(
                 model_ref=ref, size_bytes=size, last_used_at=to_timestamp(last_used)))
             r.preloaded = True

@@ -69,8 +69,9 @@ async def test_preload_makes_a_dropped_model_resident_and_evict_gives_it_back(di
     entry = await pre.preload("a", folder)
     assert entry.size_bytes == 4 * MB + 2
     assert resident_fraction(folder) > 0.99
-    [(ref, size, fraction, _)] = pre.entries()
-    assert (ref, size) == ("a", 4 * MB + 2) and fraction > 0.99
+    [(ref, size, _)] = pre.entries()
+    assert (ref, size) == ("a", 4 * MB + 2) and pre.resident_fraction("a") > 0.99
+    assert pre.resident_fraction("never preloaded") is None
     assert pre.evict("a") is True
     assert resident_fraction(folder) < 0.5
     assert pre.used_bytes == 0 and pre.entries() == []
@@ -213,3 +214,22 @@ async def test_a_hub_snapshot_loads_its_blobs_but_nothing_outside_the_repo(disk)
     assert resident_fraction(snapshot) > 0.99
     assert resident_fraction(outside) < 0.5
     pre.evict("hf:org/m@0123abcd")
+
+
+async def test_what_heartbeats_carry_measures_no_page_residency(disk, monkeypatch):
+    """Models.residency() runs every heartbeat; reading residency (one byte per page,
+    ~35 MB for a 140 GB model) there would cost the pool manager for nothing it sends."""
+    from pool_manager.cache import ModelCache
+    from pool_manager.models import Models
+
+    pre = Preloader(budget_bytes=10 * MB)
+    await pre.preload("file:a", _model(disk, "a", (1,)))
+
+    def refused(self):
+        raise AssertionError("page residency read on the heartbeat path")
+    monkeypatch.setattr(preload._Map, "resident_pages", refused)
+    models = Models(ModelCache(disk / "cache"), pre, report=lambda _: None)
+    [r] = models.residency()
+    assert (r.model_ref, r.preloaded, r.size_bytes) == ("file:a", True, 1 * MB + 2)
+    with pytest.raises(AssertionError):
+        pre.resident_fraction("file:a")  # the measurement itself still reads it
