@@ -51,8 +51,13 @@ class DirectSqlite:
             result = fn(self)
             conn.execute("COMMIT")
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                # Left inside a transaction, every later BEGIN would fail: the next
+                # batch gets a new connection instead.
+                self._discard()
             raise
         return result
 
@@ -80,6 +85,11 @@ class DirectSqlite:
     def close(self) -> None:
         if self._proxy is not None:
             self._proxy.close()  # back to the pool, which the engine's dispose() closes
+            self._proxy = self._conn = None
+
+    def _discard(self) -> None:
+        if self._proxy is not None:
+            self._proxy.invalidate()  # closed, and not given back to the pool
             self._proxy = self._conn = None
 
     def _connection(self) -> sqlite3.Connection:

@@ -142,3 +142,40 @@ def test_close_returns_the_connection_and_a_later_batch_opens_another(engine, di
     direct.close()  # harmless twice
     direct.transaction(lambda c: c.execute(insert(things), [{"id": "b"}]))
     assert [r[0] for r in rows(engine)] == ["a", "b"]
+
+
+class _RollbackFails:
+    """The writer's sqlite3 connection, except that ROLLBACK fails (a disk gone bad)."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def execute(self, sql, *args):
+        if sql == "ROLLBACK":
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.conn.execute(sql, *args)
+
+    def executemany(self, sql, rows):
+        return self.conn.executemany(sql, rows)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+
+def test_a_connection_that_cannot_roll_back_is_replaced(engine, direct):
+    direct.transaction(lambda c: c.execute(insert(things), [{"id": "a"}]))
+    stuck = direct._conn  # noqa: SLF001
+    direct._conn = _RollbackFails(stuck)  # noqa: SLF001
+
+    def batch(c):
+        c.execute(insert(things), [{"id": "b"}])
+        raise RuntimeError("the batch failed")
+    with pytest.raises(RuntimeError):
+        direct.transaction(batch)
+    # The old connection still holds its open transaction; the next batch must not use it.
+    direct.transaction(lambda c: c.execute(insert(things), [{"id": "c"}]))
+    assert direct._conn is not stuck  # noqa: SLF001
+    with pytest.raises(sqlite3.ProgrammingError):
+        stuck.execute("SELECT 1")  # closed, not back in the pool
+    assert [r[0] for r in rows(engine)] == ["a", "c"]
