@@ -184,6 +184,12 @@ class Writer:
                 await self._wake.wait()
             if not self._waiting and self.linger_s and not self._stopping:
                 await self._linger()
+            # One loop turn first: whatever the loop already has scheduled runs before the
+            # batch takes the GIL on the writer's thread. A new job's insert is queued
+            # together with the scheduling cycle that dispatches it; this lets the
+            # Execute call that cycle starts go out first (measured: ~0.1-0.2 ms less
+            # from the call's start to the worker receiving it, at concurrency 1).
+            await asyncio.sleep(0)
             batch = self._take()
             try:
                 await self._write(batch)

@@ -113,3 +113,25 @@ async def test_stopping_the_writer_twice_is_harmless(tmp_path):
     await store._writer.stop()  # noqa: SLF001 - as close() does, then close() again
     await store.close()
     await store.close()
+
+
+async def test_a_batch_leaves_for_the_thread_after_what_the_loop_already_scheduled(tmp_path):
+    """What the loop scheduled in the turn the write was queued (a dispatch's Execute
+    call) runs before the batch goes to the writer's thread and takes the GIL."""
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path}/state.db", linger_s=0)
+    try:
+        writer = store._writer  # noqa: SLF001
+        order: list[str] = []
+        real_write = writer._write  # noqa: SLF001
+
+        async def write(batch):
+            order.append("batch")
+            await real_write(batch)
+        writer._write = write  # noqa: SLF001
+        insert = asyncio.ensure_future(store.insert_job(row(1)))
+        await asyncio.sleep(0)  # the insert is queued: the writer's wake-up is scheduled
+        asyncio.get_running_loop().call_soon(order.append, "scheduled after it")
+        await insert
+        assert order == ["scheduled after it", "batch"]
+    finally:
+        await store.close()
