@@ -12,8 +12,8 @@ only its per-call machinery is skipped.
 
 The connection is the writer engine's (engine.make_writer_engine): same pragmas,
 the driver's own transaction handling off. It is made, used and closed on the
-writer's thread. Errors are SQLAlchemy's: a unique-key collision raises
-sqlalchemy.exc.IntegrityError, as the writer expects, with sqlite3's error as `orig`.
+writer's thread. A unique-key collision raises sqlalchemy.exc.IntegrityError, as the
+writer expects (sqlite3's error as `orig`); other driver errors are sqlite3's own.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ T = TypeVar("T")
 
 # (the SQL, the parameter names in bind order, each one's bind processor or None)
 _Compiled = tuple[str, tuple[str, ...], tuple[Callable[[Any], Any] | None, ...]]
+# The writer's statements are a few module-level constants; a caller building a new
+# statement per call would otherwise grow the cache without end.
+MAX_COMPILED = 128
 
 
 class DirectSqlite:
@@ -103,6 +106,9 @@ class DirectSqlite:
         found = self._compiled.get(cache_key)
         if found is not None:
             return found
+        if len(self._compiled) >= MAX_COMPILED:
+            self._compiled.clear()
+            self._keep.clear()
         dialect = self._engine.dialect
         compiled = stmt.compile(dialect=dialect, column_keys=list(keys))
         names = tuple(compiled.positiontup or ())

@@ -179,3 +179,11 @@ def test_a_connection_that_cannot_roll_back_is_replaced(engine, direct):
     with pytest.raises(sqlite3.ProgrammingError):
         stuck.execute("SELECT 1")  # closed, not back in the pool
     assert [r[0] for r in rows(engine)] == ["a", "c"]
+
+
+def test_statements_built_per_call_do_not_grow_the_cache_without_end(engine, direct, monkeypatch):
+    monkeypatch.setattr("orchestrator.store.sqlite_direct.MAX_COMPILED", 8)
+    for i in range(30):
+        direct.transaction(lambda c, i=i: c.execute(insert(things), [{"id": f"r{i}"}]))
+        assert len(direct._compiled) <= 8 and len(direct._keep) <= 8  # noqa: SLF001
+    assert len(rows(engine)) == 30
