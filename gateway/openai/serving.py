@@ -254,14 +254,16 @@ async def _stream(request: Request, streams: Sequence[JobEvents], req: GenReques
                         reframe()
                     finished += chunk(flavor.finish(choice.index, choice.finish_reason or "stop"))
         outcome.check_done()
-        usage = sse.data({**head, "choices": [], "usage": outcome.usage()}) if req.include_usage else ""
+        usage = (sse.data({**head, "choices": [], "usage": outcome.usage()})
+                 if req.include_usage else "")
         yield finished + usage + sse.DONE
     except OrchError as err:
         yield finished + _stream_error(request, err) + sse.DONE
     except Exception as exc:  # a bug here must still end the stream the OpenAI way
         log.emit("gateway", "stream.crashed", f"{type(exc).__name__}: {exc}", level="error",
                  correlation_id=caller_of(request).correlation_id)
-        yield finished + _stream_error(request, OrchError("INTERNAL", "internal gateway error")) + sse.DONE
+        crashed = OrchError("INTERNAL", "internal gateway error")
+        yield finished + _stream_error(request, crashed) + sse.DONE
     finally:
         _cancel(streams)
         _log_divergences(outcome, caller_of(request).correlation_id)

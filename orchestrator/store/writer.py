@@ -170,7 +170,8 @@ class Writer:
             await asyncio.gather(self._task, return_exceptions=True)
             thread, self._thread = self._thread, None  # stop() may be called again
             if thread is not None:
-                await asyncio.get_running_loop().run_in_executor(thread, self._release_thread_engine)
+                await asyncio.get_running_loop().run_in_executor(
+                    thread, self._release_thread_engine)
                 thread.shutdown(wait=False)
 
     # ---- the task ----------------------------------------------------------------------
