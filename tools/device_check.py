@@ -15,6 +15,11 @@ What it does, each step recorded with what it saw:
 4. Seeded generation: the same seed twice on the GPU worker (identical tokens?), and the
    same request on a CPU worker (same tokens as CPU?), with time to first token and
    tokens/s, and each job's proof record (engine, device, token hash).
+5. With `--gateway-bench`: bench/gateway_overhead.py on this machine (the `sim` engine,
+   no GPU involved): what the gateway and orchestrator add to time to first token at
+   concurrency 1, 16 and 64, with the machine's CPU count. Issue 5's target is set for
+   concurrency 16; the project's own machines have 2 cores for all five processes, the
+   device machine one each. Adds about two minutes.
 Without a GPU it says why and exits 2 without writing anything. `--device cpu` runs
 the same steps with the "device" worker on the CPU: a self-test of this script for
 machines without a GPU (never written to docs).
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -182,6 +188,19 @@ async def check(device: str = "") -> dict:
     return result
 
 
+def gateway_bench(per_client: int | None = None) -> dict:
+    """Step 5: the gateway-overhead benchmark here, in its own event loop and stack."""
+    from bench import gateway_overhead
+    with contextlib.redirect_stdout(sys.stderr):  # its progress lines; stdout is our JSON
+        measured = asyncio.run(gateway_overhead.measure(per_client))
+    rows = {c: {"added_ttft_p50": x["added_ttft_p50"], "added_ttft_p99": x["added_ttft_p99"],
+                "orchestrator_added_ttft_p50": x["orchestrator_added_ttft_p50"],
+                "added_itl_p99": x["added_itl_p99"], "req_per_s": x["gateway"]["req_per_s"],
+                "requests": x["gateway"]["n"]}
+            for c, x in measured["by_concurrency"].items()}
+    return {"cpus": os.cpu_count(), "by_concurrency": rows}
+
+
 def render(r: dict) -> str:
     lines = ["# Device check", "",
              "Written by `tools/device_check.py --write` on a machine with a GPU; do not edit.",
@@ -203,6 +222,19 @@ def render(r: dict) -> str:
         lines += [f"| {s['seed']} | {s['gpu_repeat_identical']} | {s['gpu_equals_cpu']} | "
                   f"{s['gpu_ttft_ms']} | {s['gpu_tok_s']} | {s['cpu_ttft_ms']} | {s['cpu_tok_s']} | "
                   f"{s['gpu_proof']['device']} |" for s in r["seeds"]]
+    if "gateway_overhead" in r:
+        g = r["gateway_overhead"]
+        lines += ["", "## What the gateway and orchestrator add, on this machine (`sim` engine)", "",
+                  f"`bench/gateway_overhead.py` on {g['cpus']} CPUs (the project's machines: 2 "
+                  "for all five processes). Added time to first token against calling the "
+                  "worker directly, ms; issue 5's targets at concurrency 16: p50 <= 2, "
+                  "p99 <= 10, added inter-token p99 <= 5.", "",
+                  "| concurrency | requests | added TTFT p50 | added TTFT p99 | of it, the "
+                  "orchestrator (p50) | added ITL p99 | req/s |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {c} | {x['requests']} | {x['added_ttft_p50']} | {x['added_ttft_p99']} | "
+                  f"{x['orchestrator_added_ttft_p50']} | {x['added_itl_p99']} | {x['req_per_s']} |"
+                  for c, x in g["by_concurrency"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -211,14 +243,23 @@ def main() -> int:
     ap.add_argument("--write", action="store_true", help=f"record the result in {DOC}")
     ap.add_argument("--device", default="", help="a GPU UUID (default: the first), or cpu "
                     "to self-test this script without a GPU")
+    ap.add_argument("--gateway-bench", action="store_true",
+                    help="also run bench/gateway_overhead.py here (step 5, ~2 minutes)")
+    ap.add_argument("--gateway-bench-requests", type=int, default=None, metavar="N",
+                    help="requests per client at every concurrency (default: the benchmark's)")
     ns = ap.parse_args()
     if ns.write and ns.device == "cpu":
         ap.error("--device cpu is a self-test; it is never recorded")
+    if ns.gateway_bench_requests is not None and ns.gateway_bench_requests < 1:
+        ap.error("--gateway-bench-requests must be at least 1")
     result = asyncio.run(check(ns.device))
-    print(json.dumps(result, indent=2, default=str))
     if "skipped" in result:
+        print(json.dumps(result, indent=2, default=str))
         print(f"device check: {result['skipped']}", file=sys.stderr)
         return 2
+    if ns.gateway_bench:
+        result["gateway_overhead"] = gateway_bench(ns.gateway_bench_requests)
+    print(json.dumps(result, indent=2, default=str))
     if ns.write:
         DOC.write_text(render(result))
     return 0
