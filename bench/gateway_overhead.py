@@ -331,11 +331,12 @@ def render(r: dict) -> str:
 `python bench/gateway_overhead.py --write` — one run, {r['date']}. Sim worker with a fixed
 {SIM['ttft_ms']} ms time to first token and {SIM['itl_ms']} ms between tokens (no spread, no
 slowdown, {SIM['slots']} slots), {MAX_TOKENS} tokens per request; {requests} requests per
-path at concurrency {levels}. "direct" is the worker's Execute over gRPC; "gateway" is an
-OpenAI streamed chat completion through gateway -> orchestrator -> worker, read by a
-minimal keep-alive SSE client (httpx costs ~100 us per token more than the gRPC client of the direct
-path, on the same cores). Everything (clients, gateway,
-orchestrator, pool manager, worker) shares the machine's 2 cores. Times in ms, p50 / p99.
+path at concurrency {levels}. "direct" is the worker's Execute over gRPC;
+"gateway" is an OpenAI streamed chat completion through gateway -> orchestrator ->
+worker, read by a minimal keep-alive SSE client (httpx costs ~100 us per token more
+than the gRPC client of the direct path, on the same cores). Everything (clients,
+gateway, orchestrator, pool manager, worker) shares the machine's 2 cores. Times in ms,
+p50 / p99.
 
 | concurrency | direct TTFT | gateway TTFT | added TTFT | direct ITL | gateway ITL | added ITL p99 | gateway req/s | gateway tok/s |
 |---:|---|---|---|---|---|---:|---:|---:|
