@@ -11,8 +11,9 @@ of that CA with a third of its lifetime left. The gateway gets them through
 LLAMA_ORCH_TLS_KEY/CERT/CA (common/tls.py) and dials the orchestrator with them; `up`'s
 own readiness probe uses them too. While running, `up` checks every 30 s
 (tls.check_interval_s) whether the certificate is due, reissues it over the same files
-when it is, and the gateway moves new requests to it (gateway/identity.py). The orchestrator issues its own certificate and the
-pool manager, which can read the CA's key on this machine, its own.
+when it is, and the gateway moves new requests to it (gateway/identity.py). The
+orchestrator issues its own certificate and the pool manager, which can read the CA's
+key on this machine, its own.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ CERT/CA name (common/tls.py). Certificates expire (security.cert_ttl_s, 7 days b
 default); `llama-orch up` writes a renewed one over the same files when a third of the
 lifetime is left, and an operator running the gateway alone can do the same with
 `llama-orch ca issue`. gRPC reads a channel's certificate once, when the channel is
-made, so every tls.check_interval_s() (30 s) this watch stats the files and, when they changed and the new
-key matches the new certificate, gives the client a new channel for new requests.
+made, so every tls.check_interval_s() (30 s) this watch stats the files and, when they
+changed and the new key matches the new certificate, gives the client a new channel for
+new requests.
 The previous channel keeps the streams already open on it and is closed once they
 could have ended (OLD_CHANNEL_GRACE_S: the longest job deadline).
 """

@@ -23,7 +23,8 @@ async def run(orch: Orchestrator) -> None:
     """The queue optimizer: while the queue is deep, advise; the scheduler decides."""
     o = orch.cfg.orchestrator
     cfg = optimizer.OptimizerConfig(threshold_queued=o.optimizer_threshold,
-                                    interval_s=o.optimizer_interval_s, budget_s=o.optimizer_budget_s)
+                                    interval_s=o.optimizer_interval_s,
+                                    budget_s=o.optimizer_budget_s)
     while True:
         # A pool joining or leaving changes what can be served: look again at once.
         # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
@@ -68,7 +69,7 @@ def preload(orch: Orchestrator, pool_id: str, model_ref: str) -> None:
             model_ref=model_ref))
         if not result.ok:
             orch.preloads.discard(key)
-            orch.facts.publish(F.FACT_KIND_DECISION_REJECTED,
-                               f"preload of {model_ref} on {pool_id} failed: {result.error.message}",
+            orch.facts.publish(F.FACT_KIND_DECISION_REJECTED, f"preload of {model_ref} on "
+                               f"{pool_id} failed: {result.error.message}",
                                level=F.FACT_LEVEL_WARNING, pool_id=pool_id, model_ref=model_ref)
     asyncio.create_task(run())

@@ -51,6 +51,7 @@ _CAPACITY_REASONS = frozenset({scheduler.Reason.NO_ROOM, scheduler.Reason.BUSY_N
 # still serve a just-finished job's result and resume from memory.
 FINISHED_IN_MEMORY = 256
 
+
 class Orchestrator:
     def __init__(self, cfg: Config, catalog: Catalog | None = None, facts: FactBus | None = None,
                  store: Store | None = None):

@@ -224,7 +224,8 @@ def render(r: dict) -> str:
                   f"{s['gpu_proof']['device']} |" for s in r["seeds"]]
     if "gateway_overhead" in r:
         g = r["gateway_overhead"]
-        lines += ["", "## What the gateway and orchestrator add, on this machine (`sim` engine)", "",
+        lines += ["", "## What the gateway and orchestrator add, on this machine (`sim` engine)",
+                  "",
                   f"`bench/gateway_overhead.py` on {g['cpus']} CPUs (the project's machines: 2 "
                   "for all five processes). Added time to first token against calling the "
                   "worker directly, ms; issue 5's targets at concurrency 16: p50 <= 2, "
