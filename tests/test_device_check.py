@@ -49,6 +49,7 @@ def test_the_cpu_self_test_runs_every_step_and_renders():
     assert "| seed |" in page and f"| {result['seeds'][0]['seed']} | True | True |" in page
     x = bench["by_concurrency"]["16"]
     assert f"| 16 | 16 | {x['added_ttft_p50']} | {x['added_ttft_p99']} |" in page
+    assert f"| {x['bare_chain_added_ttft_p50']} / {x['bare_chain_added_ttft_p99']} |" in page
 
 
 @pytest.mark.parametrize("bad", ["0", "-3", "many"])

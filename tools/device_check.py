@@ -19,7 +19,9 @@ What it does, each step recorded with what it saw:
    no GPU involved): what the gateway and orchestrator add to time to first token at
    concurrency 1, 16 and 64, with the machine's CPU count. Issue 5's target is set for
    concurrency 16; the project's own machines have 2 cores for all five processes, the
-   device machine one each. Adds about two minutes.
+   device machine one each. Then bench/bare_chain.py: the same processes and
+   transports with none of our code in them, the floor under those numbers here. Adds
+   about four minutes.
 Without a GPU it says why and exits 2 without writing anything. `--device cpu` runs
 the same steps with the "device" worker on the CPU: a self-test of this script for
 machines without a GPU (never written to docs).
@@ -190,11 +192,14 @@ async def check(device: str = "") -> dict:
 
 def gateway_bench(per_client: int | None = None) -> dict:
     """Step 5: the gateway-overhead benchmark here, in its own event loop and stack."""
-    from bench import gateway_overhead
-    with contextlib.redirect_stdout(sys.stderr):  # its progress lines; stdout is our JSON
+    from bench import bare_chain, gateway_overhead
+    with contextlib.redirect_stdout(sys.stderr):  # their progress lines; stdout is our JSON
         measured = asyncio.run(gateway_overhead.measure(per_client))
+        floor = asyncio.run(bare_chain.measure(per_client))["by_concurrency"]
     rows = {c: {"added_ttft_p50": x["added_ttft_p50"], "added_ttft_p99": x["added_ttft_p99"],
                 "orchestrator_added_ttft_p50": x["orchestrator_added_ttft_p50"],
+                "bare_chain_added_ttft_p50": floor[c]["chain"]["added_ttft_p50"],
+                "bare_chain_added_ttft_p99": floor[c]["chain"]["added_ttft_p99"],
                 "added_itl_p99": x["added_itl_p99"], "req_per_s": x["gateway"]["req_per_s"],
                 "requests": x["gateway"]["n"]}
             for c, x in measured["by_concurrency"].items()}
@@ -229,12 +234,15 @@ def render(r: dict) -> str:
                   f"`bench/gateway_overhead.py` on {g['cpus']} CPUs (the project's machines: 2 "
                   "for all five processes). Added time to first token against calling the "
                   "worker directly, ms; issue 5's targets at concurrency 16: p50 <= 2, "
-                  "p99 <= 10, added inter-token p99 <= 5.", "",
+                  "p99 <= 10, added inter-token p99 <= 5. \"bare hops\": what "
+                  "`bench/bare_chain.py` measured here for the same processes and transports "
+                  "with none of our code in them (the floor under the first two columns).", "",
                   "| concurrency | requests | added TTFT p50 | added TTFT p99 | of it, the "
-                  "orchestrator (p50) | added ITL p99 | req/s |",
-                  "|---:|---:|---:|---:|---:|---:|---:|"]
+                  "orchestrator (p50) | bare hops: added TTFT p50 / p99 | added ITL p99 | req/s |",
+                  "|---:|---:|---:|---:|---:|---|---:|---:|"]
         lines += [f"| {c} | {x['requests']} | {x['added_ttft_p50']} | {x['added_ttft_p99']} | "
-                  f"{x['orchestrator_added_ttft_p50']} | {x['added_itl_p99']} | {x['req_per_s']} |"
+                  f"{x['orchestrator_added_ttft_p50']} | {x['bare_chain_added_ttft_p50']} / "
+                  f"{x['bare_chain_added_ttft_p99']} | {x['added_itl_p99']} | {x['req_per_s']} |"
                   for c, x in g["by_concurrency"].items()]
     return "\n".join(lines) + "\n"
 
@@ -245,7 +253,8 @@ def main() -> int:
     ap.add_argument("--device", default="", help="a GPU UUID (default: the first), or cpu "
                     "to self-test this script without a GPU")
     ap.add_argument("--gateway-bench", action="store_true",
-                    help="also run bench/gateway_overhead.py here (step 5, ~2 minutes)")
+                    help="also run bench/gateway_overhead.py and bench/bare_chain.py here "
+                    "(step 5, ~4 minutes)")
     ap.add_argument("--gateway-bench-requests", type=int, default=None, metavar="N",
                     help="requests per client at every concurrency (default: the benchmark's)")
     ns = ap.parse_args()
