@@ -49,6 +49,18 @@ PAYLOAD = b"t" * 32
 EXECUTE, GENERATE = "/bare.Worker/Execute", "/bare.Relay/Generate"
 
 
+async def _serve(path: str, handler, ports: mp.Queue) -> None:
+    """Serve the server-streaming `handler` at `path` ("/service/Method") on a free port,
+    put that port on `ports`, and run until killed."""
+    service, method = path.strip("/").split("/")
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {
+        method: grpc.unary_stream_rpc_method_handler(handler)}),))
+    ports.put(server.add_insecure_port("127.0.0.1:0"))
+    await server.start()
+    await server.wait_for_termination()
+
+
 def _worker(ports: mp.Queue) -> None:
     async def execute(_req, _ctx):
         await asyncio.sleep(TTFT_S)
@@ -56,32 +68,17 @@ def _worker(ports: mp.Queue) -> None:
             if i:
                 await asyncio.sleep(ITL_S)
             yield PAYLOAD
-
-    async def main() -> None:
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bare.Worker", {
-            "Execute": grpc.unary_stream_rpc_method_handler(execute)}),))
-        ports.put(server.add_insecure_port("127.0.0.1:0"))
-        await server.start()
-        await server.wait_for_termination()
-    asyncio.run(main())
+    asyncio.run(_serve(EXECUTE, execute, ports))
 
 
 def _relay(worker_port: int, ports: mp.Queue) -> None:
     async def main() -> None:
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{worker_port}")
-        execute = channel.unary_stream(EXECUTE)
+        execute = grpc.aio.insecure_channel(f"127.0.0.1:{worker_port}").unary_stream(EXECUTE)
 
         async def generate(req, _ctx):
             async for m in execute(req):
                 yield m
-
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bare.Relay", {
-            "Generate": grpc.unary_stream_rpc_method_handler(generate)}),))
-        ports.put(server.add_insecure_port("127.0.0.1:0"))
-        await server.start()
-        await server.wait_for_termination()
+        await _serve(GENERATE, generate, ports)
     asyncio.run(main())
 
 
