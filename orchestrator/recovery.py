@@ -110,8 +110,7 @@ async def recover(orch: "Orchestrator") -> None:
 def _realign(job: JobRecord) -> None:
     """Tell clients where the stored stream ends, per choice (see the module docstring)."""
     for index in range(max(1, job.admitted.sampling.n)):
-        c = job.replay.choices.get(index)
-        tokens, chars = (len(c.sent_ids), len(c.sent_text)) if c else (0, 0)
+        tokens, chars = job.replay.sent(index)
         job.append(divergence=events_pb2.JobDivergence(
             choice_index=index, token_index=tokens, char_offset=chars,
             message=f"the orchestrator restarted: the stream continues after token {tokens} "

@@ -200,6 +200,19 @@ def test_stop_ends_the_text_before_the_stop_sequence(client):
     assert stopped.choices[0].finish_reason == "stop"
 
 
+def test_text_held_back_for_a_stop_string_arrives_when_the_length_limit_ends_it(client):
+    # A stop string that begins with the text's last characters and never completes:
+    # the worker holds those characters back in case it does, and releases them at
+    # the length limit with no token of their own. They reached neither the streamed
+    # nor the whole response (the orchestrator took them for text already sent).
+    text = chat(client, seed=21, max_tokens=12).choices[0].message.content
+    stop = [text[-1] + "\u2603never"]
+    whole = chat(client, seed=21, max_tokens=12, stop=stop).choices[0]
+    assert (whole.message.content, whole.finish_reason) == (text, "length")
+    assert streamed_text(list(chat(client, seed=21, max_tokens=12, stop=stop,
+                                   stream=True))) == text
+
+
 def test_chat_logprobs(client):
     done = chat(client, logprobs=True, top_logprobs=2, max_tokens=8)
     content = done.choices[0].logprobs.content

@@ -74,3 +74,43 @@ def test_logprobs_travel_with_their_tokens_through_a_replay():
     out = r.on_tokens(E.JobTokens(token_ids=[1, 9], text=" a z", logprobs=lp(" a", " z")))
     assert kinds(out) == ["divergence", "tokens"]
     assert [x.token for x in out[1]["tokens"].logprobs] == [" z"]
+
+
+def test_text_without_tokens_at_the_end_reaches_the_client():
+    # A worker holds back text that might begin a stop string and sends it at the end
+    # with no token of its own (worker/job.py); it was dropped as "already sent".
+    r = Replay()
+    r.on_tokens(tok([1, 2], " a b"))
+    [out] = r.on_tokens(tok([], " EN"))
+    assert list(out["tokens"].token_ids) == [] and out["tokens"].text == " EN"
+    assert r.attempt_text() == " a b EN" and r.sent(0) == (2, 7)
+
+
+def test_a_retry_does_not_resend_a_tail_the_client_already_has():
+    r = Replay()
+    r.on_tokens(tok([1, 2], " a b"))
+    r.on_tokens(tok([], " EN"))
+    r.begin_attempt()
+    assert r.on_tokens(tok([1, 2], " a b")) == []
+    assert r.on_tokens(tok([], " EN")) == []
+    [out] = r.on_tokens(tok([3], "D"))
+    assert list(out["tokens"].token_ids) == [3] and out["tokens"].text == "D"
+    assert r.sent(0) == (3, 8)
+
+
+def test_a_retry_that_gets_further_sends_a_tail_the_client_never_had():
+    r = Replay()
+    r.on_tokens(tok([1, 2], " a b"))
+    r.begin_attempt()
+    assert r.on_tokens(tok([1, 2], " a b")) == []
+    [out] = r.on_tokens(tok([], " EN"))
+    assert out["tokens"].text == " EN" and r.sent(0) == (2, 7)
+
+
+def test_a_long_stream_keeps_every_piece_in_order():
+    r = Replay()
+    for i in range(5000):
+        [out] = r.on_tokens(tok([i], f"<{i}>"))
+        assert out["tokens"].text == f"<{i}>"
+    assert r.attempt_text() == "".join(f"<{i}>" for i in range(5000))
+    assert r.sent(0) == (5000, len(r.attempt_text()))
