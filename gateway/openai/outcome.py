@@ -6,9 +6,11 @@ each job has `n` choices, and choice j of job i is the response's choice `i * n 
 
 Event contract (events.proto): `queued` first, then `dispatched`, `started`, `tokens`*,
 `metrics`*, `retrying`, `divergence`, and per choice exactly one terminal `end`, or
-one `error` for the whole job. Tokens are append-only: a `divergence` says a retry
-produced different tokens from some index on, but nothing already sent is retracted,
-so it only gets logged.
+one `error` for the whole job. A `divergence` says what follows replaces the choice's
+text after `char_offset` (a retry produced different tokens from `token_index` on). A
+whole response applies it: its text is cut back there before the rest is appended. A
+stream cannot: OpenAI's chunks only append, and the client has the old text already,
+so there it is logged.
 
 Usage: each `end` is taken to carry its own choice's usage; a job's usage is its
 prompt counted once plus the completions of all its choices; the response's is the
@@ -41,12 +43,21 @@ class ChoiceOutcome:
     def text(self) -> str:
         return "".join(self.parts)
 
+    def cut(self, tokens: int, chars: int) -> None:
+        """Keep the first `tokens` tokens and `chars` characters (a divergence)."""
+        text = self.text[:chars]
+        self.parts, self.chars = [text], len(text)
+        self.logprobs = self.logprobs[:tokens]
+        self.tokens = min(self.tokens, tokens)
+
 
 class Outcome:
     """Folds JobEvents; `add` raises the job's OrchError on an `error` event. The
     response's id and creation time are its first job's."""
 
-    def __init__(self, firsts: Sequence[events_pb2.JobEvent], n: int):
+    def __init__(self, firsts: Sequence[events_pb2.JobEvent], n: int, *, whole: bool = False):
+        """`whole`: folding for a whole response, which applies divergences."""
+        self.whole = whole
         self.job_id = firsts[0].job_id
         self.job_ids = [f.job_id for f in firsts]
         self.created = firsts[0].time.seconds or int(time.time())
@@ -85,7 +96,10 @@ class Outcome:
         if kind == "started":
             self.prompt_tokens[job] = max(self.prompt_tokens[job], event.started.prompt_tokens)
         elif kind == "divergence":
-            self.divergences.append(event.divergence)
+            d = event.divergence
+            self.divergences.append(d)
+            if self.whole:
+                self.choice(job, d.choice_index).cut(d.token_index, d.char_offset)
         elif kind == "error":
             raise OrchError.from_detail(event.error)
         return None

@@ -183,7 +183,7 @@ async def _merged(streams: Sequence[JobEvents]) -> AsyncIterator[tuple[int, even
 
 
 async def _collect(request: Request, streams: Sequence[JobEvents], req: GenRequest) -> Outcome:
-    outcome = Outcome([s.first for s in streams], req.choices)
+    outcome = Outcome([s.first for s in streams], req.choices, whole=True)
     try:
         async with contextlib.aclosing(_merged(streams)) as events:
             async for job, event in events:

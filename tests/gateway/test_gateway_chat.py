@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import openai
 import pytest
-from llama_orch.v1 import common_pb2
+from llama_orch.v1 import common_pb2, events_pb2
 
 from tests.gateway.conftest import sse_events
 from tests.gateway.scripted_orchestrator import (
@@ -317,3 +317,23 @@ async def test_an_error_and_done_leave_together_after_the_finish_of_another_choi
     assert with_b[0]["choices"][0]["index"] == 0
     assert sse_events(writes[-1].decode()) == [events[-2], "[DONE]"]
     assert events[-2]["error"]["code"] == "worker_crashed"
+
+
+async def test_a_whole_response_applies_a_divergence(client, orchestrator):
+    # A retry produced other tokens from token 1 (character 3) on: what follows
+    # replaces the text after that point. Before, the whole response kept both texts.
+    orchestrator.script = [
+        queued(), tokens("Hi ", logprobs=[logprob("Hi ", -0.5)]),
+        tokens("there", logprobs=[logprob("there", -0.5)]),
+        events_pb2.JobEvent(divergence=events_pb2.JobDivergence(
+            token_index=1, char_offset=3, message="the retry differs from token 1")),
+        tokens("folks", logprobs=[logprob("folks", -1.0)]), end("stop", 5, 2)]
+    r = await client.post("/v1/chat/completions", json={**HELLO, "logprobs": True})
+    choice = r.json()["choices"][0]
+    assert choice["message"]["content"] == "Hi folks"
+    assert [e["token"] for e in choice["logprobs"]["content"]] == ["Hi ", "folks"]
+    # A stream cannot take back what it gave (OpenAI chunks only append).
+    r = await client.post("/v1/chat/completions", json={**HELLO, "stream": True})
+    text = "".join(e["choices"][0]["delta"].get("content") or ""
+                   for e in sse_events(r.text) if e != "[DONE]" and e["choices"])
+    assert text == "Hi therefolks"

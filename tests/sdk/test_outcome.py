@@ -92,3 +92,21 @@ def test_a_stream_that_ends_before_every_choice_finished_is_an_error():
         chunks.feed(0, m)
     with pytest.raises(ServerError):
         chunks.finish()
+
+
+def test_a_whole_result_applies_a_divergence_and_a_stream_keeps_what_it_gave():
+    # A retry produced other tokens from token 1 (character 3) on: what follows
+    # replaces the text after that point. Before, the whole result kept both texts.
+    events = job("job-a", "Hi ", "there", " you", logprobs=True)
+    diverged = response("job-a", 6, divergence=E.JobDivergence(
+        token_index=1, char_offset=3, message="the retry differs from token 1"))
+    again = response("job-a", 7, tokens=E.JobTokens(text="folks", token_ids=[9], logprobs=[
+        E.TokenLogprobs(token="folks", logprob=-1.0)]))
+    events = events[:-1] + [diverged, again, events[-1]]
+    answer = whole(CHAT, [events], model="m", n=1, logprobs=True)
+    assert answer.choices[0].message.content == "Hi folks"
+    assert [t.token for t in answer.choices[0].logprobs.content] == ["Hi ", "folks"]
+    chunks = Chunks(CHAT, model="m", n=1, logprobs=False, include_usage=False)
+    streamed = "".join(c.choices[0].delta.content or "" for m in events
+                       for c in chunks.feed(0, m) if c.choices)
+    assert streamed == "Hi there youfolks"  # chunks only append (OpenAI's stream)

@@ -2,8 +2,10 @@
 and serving.py, on dataclasses instead of JSON).
 
 Event contract (events.proto): per choice, `tokens`* then exactly one `end`; or one
-`error` for the whole job, which raises its typed error here. Other kinds (queued,
-started, metrics, divergence, ...) shape nothing but the prompt token count.
+`error` for the whole job, which raises its typed error here. A `divergence` (a retry
+produced other tokens) replaces the choice's text after its `char_offset`: a whole
+result applies it; a stream cannot take back chunks it has given, as with OpenAI.
+Other kinds (queued, started, metrics, ...) shape nothing but the prompt token count.
 
 Several prompts run as several jobs (one Generate call each); job p's choice c is the
 result's choice p * n + c, as OpenAI numbers them. Usage adds up over the jobs.
@@ -53,11 +55,20 @@ class _Choice:
     def text(self) -> str:
         return "".join(self.parts)
 
+    def cut(self, tokens: int, chars: int) -> None:
+        """Keep the first `tokens` tokens and `chars` characters (a divergence)."""
+        text = self.text[:chars]
+        self.parts, self.chars = [text], len(text)
+        self.logprobs = self.logprobs[:tokens]
+        self.tokens = min(self.tokens, tokens)
+
 
 class JobOutcome:
-    """Folds one job's events; `add` raises the job's typed error on an `error` event."""
+    """Folds one job's events; `add` raises the job's typed error on an `error` event.
+    `whole`: folding for a whole result, which applies divergences."""
 
-    def __init__(self, first: events_pb2.JobEvent, n: int):
+    def __init__(self, first: events_pb2.JobEvent, n: int, *, whole: bool = False):
+        self.whole = whole
         self.job_id = first.job_id
         self.created = first.time.seconds or int(time.time())
         self.choices = {i: _Choice(i) for i in range(n)}
@@ -87,6 +98,10 @@ class JobOutcome:
             return choice, choice.chars
         if kind == "started":
             self.prompt_tokens = max(self.prompt_tokens, event.started.prompt_tokens)
+        elif kind == "divergence" and self.whole:
+            d = event.divergence
+            self.choices.setdefault(d.choice_index, _Choice(d.choice_index)).cut(
+                d.token_index, d.char_offset)
         elif kind == "error":
             raise errors.from_detail(event.error)
         return None
@@ -217,7 +232,7 @@ def whole(flavor: Flavor, responses: list[list[Any]], *, model: str, n: int,
     for messages in responses:
         if not messages:
             raise errors.ServerError("INTERNAL", "the orchestrator ended Generate without events")
-        outcome = JobOutcome(messages[0].event, n)
+        outcome = JobOutcome(messages[0].event, n, whole=True)
         for m in messages:
             outcome.add(m.event)
         outcome.check_done()
