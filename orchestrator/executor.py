@@ -72,7 +72,8 @@ async def relay(job: JobRecord, worker: WorkerRecord, call: grpc.aio.UnaryStream
                     job.output = [job.replay.attempt_text(0)]
                     job.pending_end = resp.end  # appended once the outcome is durable
                     return
-                job.append(end=resp.end)
+                if job.replay.on_end(resp.end.choice_index):
+                    job.append(end=resp.end)
             elif kind == "error":
                 outcome.error = OrchError.from_detail(resp.error)
                 return

@@ -71,6 +71,8 @@ async def _record(orch: "Orchestrator", row: JobRow) -> tuple[JobRecord, OrchErr
         kind = event.WhichOneof("kind")
         if kind == "tokens":
             job.replay.on_tokens(event.tokens)
+        elif kind == "end":
+            job.replay.on_end(event.end.choice_index)
         elif kind == "divergence":
             job.replay.begin_attempt()
     job.replay.begin_attempt()

@@ -7,7 +7,9 @@ character offset where the texts part) and then the new attempt's tokens from th
 point, which replace what was sent after it. Tracked per choice.
 
 Invariant: for each choice, `sent_ids`/`sent_text` are exactly what the client has
-(after applying any divergence).
+(after applying any divergence), and `ended` the choices whose `end` it has: a retry
+of a job with several choices replays the ones that had finished, and their ends are
+not sent twice.
 """
 
 from __future__ import annotations
@@ -54,6 +56,15 @@ class _Choice:
 @dataclass
 class Replay:
     choices: dict[int, _Choice] = field(default_factory=dict)
+    # Choices whose `end` the client has: a retry replays them, end included.
+    ended: set[int] = field(default_factory=set)
+
+    def on_end(self, index: int) -> bool:
+        """Whether choice `index`'s end is news to the client (its first end)."""
+        if index in self.ended:
+            return False
+        self.ended.add(index)
+        return True
 
     def begin_attempt(self) -> None:
         for c in self.choices.values():
