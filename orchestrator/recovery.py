@@ -89,6 +89,10 @@ async def recover(orch: "Orchestrator") -> None:
             job.state = JobState.QUEUED
             orch.jobs[job.job_id] = job
             orch.durability.track(job)
+            # Above the reservation, as a job that runs on: clients may have seen seqs
+            # past the stored log, and the failure must not take one of them.
+            job.skip_to(job.seq_reserved + 1)
+            _realign(job)
             orch._finish(job, JobState.FAILED, problem)
             continue
         cut_off = job.state in (JobState.DISPATCHED, JobState.RUNNING)
@@ -126,6 +130,7 @@ async def finished_record(orch: "Orchestrator", row: JobRow) -> JobRecord:
         last = job.events[-1].WhichOneof("kind")
         if last not in ("end", "error") or (last == "end" and _ends(job) < max(1, job.admitted.sampling.n)):
             orch.durability.track(job)
+            job.skip_to(job.seq_reserved + 1)  # never a seq a client may have seen
             if job.error is not None:
                 job.append(error=job.error.to_detail(), final=True)
             else:
