@@ -82,7 +82,9 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         self.guard = guard or auth.guard_of(orch)
         self.limiter = ratelimit.limiter_of(orch)
 
-    async def _submit(self, spec, key, context):
+    async def _submit(self, spec, key, context, *, streaming: bool = False):
+        """`streaming`: the caller reads the job's stream here (Generate), so a job it
+        leaves before it is admitted is cancelled, unless it asked to detach."""
         key = key or metadata(context, "idempotency-key")
         if len(key) > 256:
             raise OrchError("INVALID_ARGUMENT", "idempotency key longer than 256 characters",
@@ -92,7 +94,8 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         await self.limiter.check(who.tenant_id)
         return await self.orch.submit(spec, idempotency_key=tenancy.scoped_key(who, key),
                                       correlation_id=correlation_id(context),
-                                      tenant_id=who.tenant_id)
+                                      tenant_id=who.tenant_id,
+                                      abandon_cancels=streaming and not spec.detach)
 
     async def _job(self, job_id: str) -> JobRecord:
         """The job, if the caller may see it (NOT_FOUND otherwise, like a missing job)."""
@@ -105,7 +108,8 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
 
     async def Generate(self, request, context):
         try:
-            job, _ = await self._submit(request.spec, request.idempotency_key, context)
+            job, _ = await self._submit(request.spec, request.idempotency_key, context,
+                                        streaming=True)
         except OrchError as err:
             await abort(err, context)
         finished = False

@@ -78,6 +78,8 @@ class Orchestrator:
         self.pins_lock = asyncio.Lock()
         self.preloads: set[tuple[str, str]] = set()  # (pool, model) hot-loaded or on the way
         self.idempotency: dict[str, str] = {}
+        # Idempotency key -> the insert of the job that carries it, while in flight.
+        self._inserting: dict[str, asyncio.Future] = {}
         self._order = 0
         self._wake = asyncio.Event()
         self._last_cycle = float("-inf")  # perf_counter() at the end of the last cycle with work
@@ -147,7 +149,8 @@ class Orchestrator:
     # ---- jobs --------------------------------------------------------------------------
 
     async def submit(self, spec: common_pb2.JobSpec, *, idempotency_key: str = "",
-                     correlation_id: str = "", tenant_id: str = "") -> tuple[JobRecord, bool]:
+                     correlation_id: str = "", tenant_id: str = "",
+                     abandon_cancels: bool = False) -> tuple[JobRecord, bool]:
         """Admit and persist a job; it is durable when this returns. A repeated
         Idempotency-Key returns the earlier job (or IDEMPOTENCY_CONFLICT if the request
         differs).
@@ -155,7 +158,12 @@ class Orchestrator:
         Without a key the job is scheduled while its row is being committed: the
         commit overlaps dispatch and the worker's first step instead of preceding
         them, and nothing of the job is visible (events, outcome) before the row is
-        committed. If the store refuses the row, the job is withdrawn."""
+        committed. If the store refuses the row, the job is withdrawn.
+
+        The insert and what follows it run to the end even if the caller is cancelled
+        meanwhile (a client that went away): a row the store commits always belongs to
+        a live job. `abandon_cancels`: such a job is then cancelled (a streaming
+        client's job that nobody will read)."""
         if idempotency_key:
             existing = await self._by_idempotency_key(idempotency_key)
             if existing is not None:
@@ -172,16 +180,24 @@ class Orchestrator:
         if not idempotency_key:
             try:
                 self._track(job, inserting=True)
-                job.append(queued=F.JobQueued(priority=spec.priority or common_pb2.PRIORITY_INTERACTIVE))
+                job.append(queued=F.JobQueued(
+                    priority=spec.priority or common_pb2.PRIORITY_INTERACTIVE))
                 self._admitted(job, correlation_id)
                 self.wake()
-                await self.durability.insert(job)
-            except StoreError as exc:
+            except StoreError as exc:  # the store is closed: nothing is inserted
                 self._withdraw(job, exc)
                 raise job.cancel_error from None
-            return job, False
+            insert = asyncio.ensure_future(self._insert_or_withdraw(job))
+        else:
+            insert = asyncio.ensure_future(self._insert_then_track(job, correlation_id))
+            self._inserting[idempotency_key] = insert
+            insert.add_done_callback(lambda done: self._inserting.pop(idempotency_key)
+                                     if self._inserting.get(idempotency_key) is done else None)
         try:
-            await self.durability.insert(job)
+            await asyncio.shield(insert)
+        except asyncio.CancelledError:
+            insert.add_done_callback(lambda t: self._abandoned(t, job, abandon_cancels))
+            raise
         except DuplicateKey:
             existing = await self._by_idempotency_key(idempotency_key)
             if existing is None:
@@ -189,11 +205,32 @@ class Orchestrator:
             return self._same_request(existing, spec), True
         except StoreError as exc:
             raise OrchError("UNAVAILABLE", f"the state store refused the job: {exc}") from None
+        return job, False
+
+    async def _insert_or_withdraw(self, job: JobRecord) -> None:
+        """Commit a scheduled job's row; if the store refuses it, withdraw the job."""
+        try:
+            await self.durability.insert(job)
+        except StoreError as exc:
+            self._withdraw(job, exc)
+            raise job.cancel_error from None
+
+    async def _insert_then_track(self, job: JobRecord, correlation_id: str) -> None:
+        """Commit a keyed job's row, then make it live (a retry with its key finds it)."""
+        await self.durability.insert(job)
         self._track(job)
-        job.append(queued=F.JobQueued(priority=spec.priority or common_pb2.PRIORITY_INTERACTIVE))
+        job.append(queued=F.JobQueued(priority=job.spec.priority or common_pb2.PRIORITY_INTERACTIVE))
         self._admitted(job, correlation_id)
         self.wake()
-        return job, False
+
+    def _abandoned(self, insert: asyncio.Future, job: JobRecord, cancel: bool) -> None:
+        """The submitter left during `insert`: once it is done, the job runs on, or is
+        cancelled if `cancel` and it was admitted."""
+        if insert.cancelled() or insert.exception() is not None:
+            return  # refused or withdrawn: nothing runs
+        if cancel and not job.done:
+            asyncio.ensure_future(self.cancel(job.job_id, OrchError(
+                "CANCELLED", "the client went away before the job was admitted")))
 
     def _admitted(self, job: JobRecord, correlation_id: str) -> None:
         admitted = job.admitted
@@ -311,6 +348,9 @@ class Orchestrator:
         return job
 
     async def _by_idempotency_key(self, key: str) -> JobRecord | None:
+        inserting = self._inserting.get(key)
+        if inserting is not None:  # its job is live once the insert is done
+            await asyncio.wait([inserting])
         job_id = self.idempotency.get(key)
         if job_id is not None and job_id in self.jobs:
             return self.jobs[job_id]
