@@ -244,6 +244,7 @@ class Orchestrator:
         """The store refused a job already scheduled: it never existed for the client."""
         self._dequeue(job.job_id)
         self.jobs.pop(job.job_id, None)
+        job.refused = True
         job.cancel_requested = True
         job.cancel_error = OrchError("UNAVAILABLE", f"the state store refused the job: {cause}")
         if job.call is not None:
@@ -416,6 +417,9 @@ class Orchestrator:
         job.finished_at = time.time()
         job.error = error
         metrics.FINISHED.labels(component="orchestrator", status=state.value).inc()
+        if job.refused:  # withdrawn while it ran: no record, no fact (_withdraw told)
+            asyncio.ensure_future(self._close(job))
+            return
         usage.job_finished(self, job)  # its usage record, written behind (never blocks)
         kind = {JobState.SUCCEEDED: F.FACT_KIND_JOB_FINISHED, JobState.FAILED: F.FACT_KIND_JOB_FAILED,
                 JobState.CANCELLED: F.FACT_KIND_JOB_CANCELLED}[state]
@@ -623,7 +627,7 @@ class Orchestrator:
                 err = OrchError("RETRIES_EXHAUSTED", f"gave up after {job.attempts} attempts; "
                                 f"last error {err.code}: {err.message}")
             self._finish(job, JobState.FAILED, err)
-        if job.done:  # its last attempt: the tokens it used draw on its tenant's credit
+        if job.done and not job.refused:  # its last attempt: its tokens draw on its credit
             quota.charge(self, job)
         self.wake()
 

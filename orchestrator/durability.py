@@ -35,6 +35,8 @@ class Durability:
     def __init__(self, store: Store | None):
         self.store = store
         self._pending: dict[JobRecord, int] = {}
+        # Jobs whose insert is in flight -> its outcome (True: committed).
+        self._inserting: dict[JobRecord, asyncio.Future] = {}
         self._kick = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -53,7 +55,7 @@ class Durability:
             self._pending.clear()
 
     def appended(self, job: JobRecord, event: events_pb2.JobEvent) -> None:
-        if self.store is None:
+        if self.store is None or job.refused:
             job.mark_visible(event.seq)
             return
         self.store.append_events([event])
@@ -80,7 +82,15 @@ class Durability:
         writes a row for a job the store refused."""
         if self.store is not None:
             reserved = job.seq_reserved
-            await self.store.insert_job(row_of(job))
+            outcome = self._inserting[job] = asyncio.get_running_loop().create_future()
+            try:
+                await self.store.insert_job(row_of(job))
+            except Exception:
+                job.refused = True
+                raise
+            finally:
+                outcome.set_result(not job.refused)
+                self._inserting.pop(job, None)
             job.reservation_committed(reserved)
             job.reserving = False
             if job.last_seq > job.reserved_durable:  # more events than the row reserved
@@ -109,8 +119,12 @@ class Durability:
             job.reservation_committed(reserved)
 
     async def save(self, job: JobRecord, *, urgent: bool = True) -> None:
-        """Write the job's row; returns once committed."""
-        if self.store is not None:
+        """Write the job's row; returns once committed. Not before its insert is done,
+        and never for a job whose insert the store refused (the upsert would put
+        back the row of a job the client was told does not exist)."""
+        if (inserting := self._inserting.get(job)) is not None:
+            await asyncio.wait([inserting])
+        if self.store is not None and not job.refused:
             reserved = job.seq_reserved
             await self.store.update_job(row_of(job), urgent=urgent)
             job.reservation_committed(reserved)

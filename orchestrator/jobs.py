@@ -100,6 +100,9 @@ class JobRecord:
     on_append: object = None
     # Earliest time a requeued job may run again (retry backoff), epoch seconds.
     not_before: float = 0.0
+    # The store refused its row: it never existed for the client, and nothing more of
+    # it is written (row, events, usage, charge).
+    refused: bool = False
 
     @property
     def priority(self) -> Priority:

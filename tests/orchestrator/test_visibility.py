@@ -3,7 +3,9 @@ recovered after a crash continues above its reservation and says where its store
 ends (orchestrator/jobs.py). Real SQLite store, in-process orchestrator, no pools."""
 
 import asyncio
+import contextlib
 import sqlite3
+import time
 
 import pytest
 
@@ -154,3 +156,50 @@ async def test_a_job_whose_insert_failed_gets_no_row_from_a_later_write(make):
     assert await store.get_job(job_id) is None
     again, _ = await orch.submit(spec(seed=2))
     assert await store.get_job(again.job_id) is not None
+
+
+async def test_a_refused_job_that_was_already_running_leaves_no_row_or_usage(tmp_path):
+    # Without a key a job is dispatched while its insert is in flight. When the store
+    # refuses the insert, the job is withdrawn: its later row writes (dispatch's, the
+    # outcome's) used to put its row back, with a usage record, for a job the client
+    # was told does not exist.
+    from tests.orchestrator.scripted_pool import ScriptedPool
+    from tests.orchestrator.test_slots import FakeWorker, until
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'state.db'}")
+    cfg = Config()
+    cfg.orchestrator.missed_heartbeats = 1000  # the scripted pool sends no heartbeats
+    orch = Orchestrator(cfg, store=store)
+    await orch.start()
+    ScriptedPool(orch, "p", ["sim-0"])
+    fake = await FakeWorker(1).start()
+    orch.worker_ready("p", C.WorkerInfo(
+        worker_id="w1", model_ref=orch.catalog.resolve("tiny").ref, device_ids=["sim-0"],
+        endpoint=f"127.0.0.1:{fake.port}", state=C.WORKER_STATE_READY, slots=1), 0)
+    direct = store._writer._direct  # noqa: SLF001 - the insert's batch fails, slowly
+    real, failed = direct.transaction, []
+
+    def transaction(fn):
+        if not failed:
+            failed.append(True)
+            time.sleep(0.3)  # long enough for the job to be dispatched meanwhile
+            raise sqlite3.OperationalError("database is locked")
+        return real(fn)
+    direct.transaction = transaction
+    try:
+        facts = orch.facts.watch([E.FACT_KIND_JOB_FAILED])
+        with pytest.raises(Exception) as err:
+            await orch.submit(spec())
+        assert getattr(err.value, "code", None) == "UNAVAILABLE"
+        job_id = (await asyncio.wait_for(anext(facts), 5)).job_id
+        assert fake.cancelled == [] and job_id not in fake.gates  # its call was cut
+        await asyncio.sleep(0.3)  # its close (row write, usage) had its chance
+        with contextlib.suppress(StoreError):
+            await store.flush()
+        await store.flush()
+        assert await store.get_job(job_id) is None
+        assert [u for u in await store.usage_records() if u.job_id == job_id] == []
+        await until(lambda: not fake.gates)
+    finally:
+        await orch.stop()
+        await store.close()
+        await fake.stop()
