@@ -15,13 +15,14 @@ import uuid
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from common import log
 from common.config import Config
 from common.errors import OrchError
 from llama_orch.v1 import common_pb2, events_pb2, pool_link_pb2, worker_pb2
 from orchestrator import (admission, executor, metrics, quota, quota_store, recovery, scheduler,
                           validator)
 from orchestrator.durability import Durability
-from orchestrator.store import DuplicateKey, Store, StoreError
+from orchestrator.store import DuplicateKey, Store, StoreClosed, StoreError
 from orchestrator.catalog import Catalog
 from orchestrator.facts import FactBus
 from orchestrator.jobs import JobRecord, new_job_id
@@ -50,6 +51,9 @@ _CAPACITY_REASONS = frozenset({scheduler.Reason.NO_ROOM, scheduler.Reason.BUSY_N
 # ~0.45 us per object: 10,000 such jobs would pause it ~270 ms). 256 add ~7 ms and
 # still serve a just-finished job's result and resume from memory.
 FINISHED_IN_MEMORY = 256
+# A finished job's row write that failed is retried after this, doubling up to the max.
+CLOSE_RETRY_S = 0.5
+CLOSE_RETRY_MAX_S = 10.0
 
 
 class Orchestrator:
@@ -432,12 +436,22 @@ class Orchestrator:
         asyncio.ensure_future(self._close(job))
 
     async def _close(self, job: JobRecord) -> None:
-        try:
-            await self.durability.save(job)
-        except Exception as exc:  # recovery re-runs it; the client is not told it finished
-            self.facts.publish(F.FACT_KIND_JOB_FAILED, f"could not record the outcome: {exc!r}",
-                               level=F.FACT_LEVEL_ERROR, job_id=job.job_id)
-            return
+        """Record the outcome, then show it. A failed write is retried with backoff
+        until it commits: until then the job's stream waits for its final event, and
+        a crash meanwhile finds its old row, so recovery runs it again."""
+        delay = CLOSE_RETRY_S
+        while True:
+            try:
+                await self.durability.save(job)
+                break
+            except StoreClosed:
+                return  # shutting down: recovery takes it from its stored state
+            except Exception as exc:  # noqa: BLE001 - a store error, retried
+                log.emit("orchestrator", "store.write_failed", "could not record the "
+                         f"outcome yet, retrying in {delay:g} s: {exc!r}", level="error",
+                         job_id=job.job_id)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, CLOSE_RETRY_MAX_S)
         if job.error is not None:
             job.append(error=job.error.to_detail(), final=True)
         elif job.pending_end is not None:

@@ -14,6 +14,7 @@ from llama_orch.v1 import common_pb2 as C, events_pb2 as E
 from orchestrator.core import Orchestrator
 from orchestrator.jobs import SEQ_BLOCK
 from orchestrator.store import Store, StoreError
+from orchestrator.types import JobState
 
 
 @pytest.fixture
@@ -191,7 +192,7 @@ async def test_a_refused_job_that_was_already_running_leaves_no_row_or_usage(tmp
             await orch.submit(spec())
         assert getattr(err.value, "code", None) == "UNAVAILABLE"
         job_id = (await asyncio.wait_for(anext(facts), 5)).job_id
-        assert fake.cancelled == [] and job_id not in fake.gates  # its call was cut
+        assert fake.most == 1  # it had reached the worker: dispatched, then withdrawn
         await asyncio.sleep(0.3)  # its close (row write, usage) had its chance
         with contextlib.suppress(StoreError):
             await store.flush()
@@ -203,3 +204,28 @@ async def test_a_refused_job_that_was_already_running_leaves_no_row_or_usage(tmp
         await orch.stop()
         await store.close()
         await fake.stop()
+
+
+async def test_a_failed_write_of_the_outcome_is_retried_until_it_lands(make):
+    # One failed row write as the job ends used to leave it terminal in memory but
+    # never closed: no final event (followers waited for good) and its row still
+    # QUEUED, so a restart ran a cancelled job again.
+    orch, store = await make()
+    job, _ = await orch.submit(spec())
+    await store.flush()
+    direct = store._writer._direct  # noqa: SLF001 - one failed transaction, then healthy
+    real, failed = direct.transaction, []
+
+    def transaction(fn):
+        if not failed:
+            failed.append(True)
+            raise sqlite3.OperationalError("database is locked")
+        return real(fn)
+    direct.transaction = transaction
+    cancelled = await orch.cancel(job.job_id)
+    assert cancelled.state is JobState.CANCELLED
+    async def to_the_end() -> list[str]:
+        return [e.WhichOneof("kind") async for e in job.follow(0)]
+    kinds = await asyncio.wait_for(to_the_end(), 10)  # it ends: the retry landed
+    assert kinds[-1] == "error" and failed
+    assert (await store.get_job(job.job_id)).status == C.JOB_STATUS_CANCELLED
