@@ -29,8 +29,12 @@ Contracts
   if the task itself dies, everything still queued fails with StoreClosed.
 - Operations are applied in queue order; several upserts of one job in a batch
   collapse to the last (each is a full row).
-- Write-behind operations (events) have no caller to tell: their failures are logged
-  and raised by the next flush().
+- Write-behind operations (events) have no caller to tell. A batch that fails for a
+  reason other than a key collision (a lock held too long, a disk error) puts them
+  back at the head of the queue, to be tried again after a backoff
+  (WRITE_BEHIND_RETRY_S doubling to _MAX_S, up to WRITE_BEHIND_TRIES in all): they
+  were shown to clients already, and dropping them left a hole in the stored log that
+  no crash explains. What still fails is logged and raised by the next flush().
 - A unique-key collision fails only its own caller: the batch is retried once, one
   operation per savepoint, so the others still commit.
 - Cancelling a waiting caller does not withdraw its write.
@@ -61,6 +65,10 @@ from orchestrator.store.sqlite_direct import DirectSqlite
 
 T = TypeVar("T")
 
+WRITE_BEHIND_TRIES = 8
+WRITE_BEHIND_RETRY_S = 0.25
+WRITE_BEHIND_RETRY_MAX_S = 5.0
+
 
 class Kind(enum.Enum):
     INSERT = "insert"
@@ -78,6 +86,7 @@ class _Op:
     future: asyncio.Future | None  # None: write-behind
     units: int
     urgent: bool = False  # an awaited write that ends the writer's linger
+    tries: int = 0  # failed attempts so far (write-behind operations are retried)
 
 
 def _upsert_statement(dialect: str) -> Any:
@@ -125,6 +134,7 @@ class Writer:
         self._stopping = False
         self._dead: BaseException | None = None
         self._background_errors: list[StoreError] = []
+        self._retry_s = 0.0  # the backoff before the next batch, after a failed one
         self._task = asyncio.get_running_loop().create_task(self._run(), name="store-writer")
         self._task.add_done_callback(self._on_exit)
 
@@ -194,6 +204,8 @@ class Writer:
             batch = self._take()
             try:
                 await self._write(batch)
+                if self._retry_s and not self._stopping:  # write-behind work went back
+                    await asyncio.sleep(self._retry_s)
             except BaseException as e:  # cancelled mid-write: fail the batch, then stop
                 self._resolve(batch, [StoreClosed("the store's writer stopped") for _ in batch])
                 self._dead = e
@@ -232,6 +244,7 @@ class Writer:
             self._resolve([op], [StoreClosed("the store's writer stopped")])
 
     async def _write(self, batch: list[_Op]) -> None:
+        self._retry_s = 0.0
         if all(op.kind is Kind.FLUSH for op in batch):
             self._resolve(batch, [None] * len(batch))
             return
@@ -242,10 +255,53 @@ class Writer:
             try:
                 outcomes = await self._commit_one_by_one(batch)
             except Exception as e:  # noqa: BLE001 - every error goes to the callers
+                batch = self._retry_later(batch)
                 outcomes = [_store_error(e) for _ in batch]
             self._resolve(batch, outcomes)
         except Exception as e:  # noqa: BLE001
+            batch = self._retry_later(batch)
             self._resolve(batch, [_store_error(e) for _ in batch])
+
+    def _retry_later(self, batch: list[_Op]) -> list[_Op]:
+        """After a batch failed as a whole: put its write-behind operations that have
+        tries left back at the head of the queue, in order, and set the backoff.
+        Returns the rest, whose failure is told (callers, or the next flush)."""
+        # A job whose insert failed here was refused (its caller withdraws it): its
+        # events, here and queued, are not written at all.
+        refused = {op.values["job_id"] for op in batch if op.kind is Kind.INSERT}
+        if refused:
+            self._drop_events_of(refused)
+        again = [op for op in batch if op.future is None and not self._stopping
+                 and op.tries + 1 < WRITE_BEHIND_TRIES
+                 and not (op.kind is Kind.EVENTS and _only_of(op, refused))]
+        if again:  # a flush waits for them: "committed or reported" still holds
+            chosen = {id(op) for op in again}
+            again = [op for op in batch if id(op) in chosen or op.kind is Kind.FLUSH]
+        for op in reversed(again):
+            op.tries += 1
+            self._pending.appendleft(op)
+            self._units += op.units
+            if op.urgent:
+                self._waiting += 1
+        if again:
+            tries = max(op.tries for op in again if op.kind is not Kind.FLUSH)
+            self._retry_s = min(WRITE_BEHIND_RETRY_S * 2 ** (tries - 1), WRITE_BEHIND_RETRY_MAX_S)
+            log.emit("orchestrator", "store.write_behind_retry", f"{len(again)} write-behind "
+                     f"operations go back to the queue (try {tries + 1} of "
+                     f"{WRITE_BEHIND_TRIES} in {self._retry_s:g} s)", level="warning",
+                     units=sum(op.units for op in again))
+        retried = {id(op) for op in again}
+        return [op for op in batch if id(op) not in retried
+                and not (op.kind is Kind.EVENTS and _only_of(op, refused))]
+
+    def _drop_events_of(self, job_ids: set[str]) -> None:
+        """Queued write-behind events of these jobs are not written."""
+        for op in self._pending:
+            if op.kind is Kind.EVENTS and op.future is None:
+                kept = [v for v in op.values if v["job_id"] not in job_ids]
+                if len(kept) < len(op.values):
+                    self._units -= len(op.values) - len(kept)
+                    op.values, op.units = kept, len(kept)
 
     async def _commit_batch(self, batch: list[_Op]) -> None:
         inserts, upserts, events = [], {}, []
@@ -349,6 +405,11 @@ class Writer:
                     op.future.set_result(None)
                 else:
                     op.future.set_exception(outcome)
+
+
+def _only_of(op: _Op, job_ids: set[str]) -> bool:
+    """An EVENTS operation all of whose events belong to `job_ids`."""
+    return bool(job_ids) and all(v["job_id"] in job_ids for v in op.values)
 
 
 def _store_error(e: BaseException) -> StoreError:

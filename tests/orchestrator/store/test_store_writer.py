@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from orchestrator.store import JobRow, StoreClosed, StoreError
+from orchestrator.store import writer as writer_module
 from tests.orchestrator.store.job_factory import QUEUED, event, make_job
 
 # Only a guard against hangs; no test asserts on timing.
@@ -100,3 +101,42 @@ async def test_a_cancelled_caller_does_not_withdraw_its_write(store):
     pending.cancel()
     await store.flush()
     assert await store.get_job("job-000001") is not None
+
+
+def flaky(store, failures: int) -> list[int]:
+    """The next `failures` batches fail as a whole (a lock held too long, a disk error);
+    returns the list that counts them."""
+    writer = store._writer  # noqa: SLF001 - a failure the database gives only rarely
+    real, failed = writer._in_transaction, []
+
+    async def in_transaction(fn, **kwargs):
+        if len(failed) < failures:
+            failed.append(1)
+            raise OSError("disk I/O error")
+        return await real(fn, **kwargs)
+    writer._in_transaction = in_transaction
+    return failed
+
+
+async def test_write_behind_events_of_a_failed_batch_are_written_on_a_retry(store, monkeypatch):
+    # Events are shown to clients before they are written: one failed batch used to
+    # drop them, leaving a hole in the stored log that no crash explains.
+    monkeypatch.setattr(writer_module, "WRITE_BEHIND_RETRY_S", 0.01)
+    failed = flaky(store, 2)
+    store.append_events([event("a", 1), event("a", 2)])
+    store.append_events([event("a", 3)])
+    await asyncio.wait_for(store.flush(), HANG_GUARD_S)  # nothing to report: all written
+    assert len(failed) == 2
+    assert [e.seq for e in await store.events("a")] == [1, 2, 3]
+
+
+async def test_write_behind_that_keeps_failing_is_reported_by_the_next_flush(store, monkeypatch):
+    monkeypatch.setattr(writer_module, "WRITE_BEHIND_RETRY_S", 0.01)
+    failed = flaky(store, writer_module.WRITE_BEHIND_TRIES)
+    store.append_events([event("a", 1)])
+    while len(failed) < writer_module.WRITE_BEHIND_TRIES:
+        await asyncio.sleep(0.01)
+    with pytest.raises(StoreError, match="write-behind failed"):
+        await asyncio.wait_for(store.flush(), HANG_GUARD_S)
+    assert await store.events("a") == []
+    await store.flush()  # said once; the store works
