@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 from common.errors import ConfigError
 
 MODES = ("home", "lab", "platform")
+_ORIGIN = re.compile(r"https?://[^/\s]+")
 
 
 def default_data_dir() -> Path:
@@ -40,6 +42,9 @@ class GatewayConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     # The most choices (`n`) one generation request may ask for; above it is a 400.
     max_n: int = 8
+    # Origins whose browser pages may call the gateway (CORS), e.g.
+    # ["http://localhost:3000"], or ["*"] for any; empty: no CORS headers at all.
+    cors_origins: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -194,6 +199,11 @@ class Config:
         if not 0 < o.default_deadline_ms <= o.max_deadline_ms:
             raise ConfigError("orchestrator.default_deadline_ms must be in (0, max_deadline_ms]",
                               param="orchestrator.default_deadline_ms")
+        for origin in self.gateway.cors_origins:
+            # A browser sends its origin without a path: "http://host:3000/" never matches.
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ConfigError(f"gateway.cors_origins: {origin!r} is not an origin "
+                                  '(scheme://host[:port], or "*")', param="gateway.cors_origins")
         if self.pool.heartbeat_ms < 100:
             raise ConfigError("pool.heartbeat_ms must be at least 100", param="pool.heartbeat_ms")
         ids = [d.id for d in self.pool.devices]
@@ -295,6 +305,10 @@ def _coerce(type_name: Any, value: Any, dotted: str) -> Any:
         if not ok:
             raise ConfigError(f"{dotted} must be {t}, got {type(value).__name__}", param=dotted)
         return value
+    if t == "list[str]":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{dotted} must be a list of strings", param=dotted)
+        return list(value)
     if t == "list[DeviceConfig]":
         if not isinstance(value, list):
             raise ConfigError(f"{dotted} must be a list", param=dotted)

@@ -23,6 +23,9 @@ REST/SSE into the same RPCs any SDK makes, through one grpc.aio channel per app.
     GET    /openapi.json, /docs      the OpenAPI document of all the above but /ui
                                      (gateway.openapi)
 
+HEAD is answered on every GET route (gateway.middleware.HeadMiddleware). With
+`cors_origins`, browsers on those origins may call every route (CORS below).
+
 Beside the gRPC channel the app holds one httpx client, for the orchestrator's
 metrics (gateway.metrics.OrchestratorMetrics).
 """
@@ -30,13 +33,14 @@ metrics (gateway.metrics.OrchestratorMetrics).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request, Response
+from starlette.middleware.cors import CORSMiddleware
 
 from common.grpc_server import channel
 from common.heap import freeze_startup_heap
@@ -47,19 +51,26 @@ from gateway.metrics import (
     OrchestratorMetrics,
     default_orchestrator_metrics_url,
 )
-from gateway.middleware import EdgeMiddleware
+from gateway.middleware import EdgeMiddleware, HeadMiddleware
 from gateway.openai import chat, completions, models
 from gateway.openai.protocol import MAX_N
 from gateway.orchestrator_client import OrchestratorClient
 from gateway.v2 import admin, cluster, events, tasks
 
 MiB = 1024 * 1024
+# What a browser may send and read across origins: the API key, a JSON body, and the
+# gateway's own headers (gateway.middleware).
+CORS = dict(allow_methods=["GET", "HEAD", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key",
+                           "X-Correlation-Id"],
+            expose_headers=["X-Correlation-Id"])
 
 
 def create_app(orchestrator_address: str, *, max_body_bytes: int = 4 * MiB,
                max_n: int = MAX_N, orchestrator_metrics_url: str | None = None,
                heartbeat_s: float = 15.0, stream_open_wait_s: float = 2.0,
-               mode: str = "home", ui_dist: Path = ui.DIST) -> FastAPI:
+               mode: str = "home", ui_dist: Path = ui.DIST,
+               cors_origins: Sequence[str] = ()) -> FastAPI:
     """Build the app; the channel and the HTTP client open at startup and close at
     shutdown (lifespan).
 
@@ -70,6 +81,8 @@ def create_app(orchestrator_address: str, *, max_body_bytes: int = 4 * MiB,
       waits for its first event before committing a 200 (gateway.v2.relay).
       mode: the config's mode, which /v2/info tells where the orchestrator's snapshot
       cannot be read. ui_dist: the built web UI served at /ui/ (gateway.ui).
+      cors_origins: origins ("https://app.example", or "*") whose browser pages may
+      call the gateway; none (the default): no CORS headers at all.
     """
     metrics_url = orchestrator_metrics_url or default_orchestrator_metrics_url(
         orchestrator_address)
@@ -104,7 +117,11 @@ def create_app(orchestrator_address: str, *, max_body_bytes: int = 4 * MiB,
     app.state.ui_dist = ui_dist
     app.state.metrics = GatewayMetrics()
     errors.install(app)
+    # The last added is the outermost (the order: gateway.middleware).
+    app.add_middleware(HeadMiddleware)
     app.add_middleware(EdgeMiddleware, metrics=app.state.metrics)
+    if cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), **CORS)
     for router in (models.router, chat.router, completions.router, tasks.router,
                    events.router, cluster.router, admin.router, ui.router):
         app.include_router(router)

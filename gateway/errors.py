@@ -3,7 +3,10 @@
     {"error": {"message": str, "type": str, "param": str | null, "code": str}}
 
 `code` is the stable ErrorCode (errors.proto) in lower case, as OpenAI spells its own
-codes ("model_not_found", "context_length_exceeded"). Errors raised by the gateway
+codes ("model_not_found", "context_length_exceeded"), except where OpenAI has its own
+name for the same refusal (`OPENAI_CODE`): a missing or bad API key (UNAUTHENTICATED)
+is "invalid_api_key", which OpenAI clients and tools know. The stable code itself does
+not change (gRPC and the SDKs still see UNAUTHENTICATED). Errors raised by the gateway
 itself and errors recovered from the orchestrator (`OrchError.from_rpc_error`, or an
 `error` event) go through the same table:
 
@@ -14,6 +17,7 @@ itself and errors recovered from the orchestrator (`OrchError.from_rpc_error`, o
       RESUME_OUT_OF_RANGE, ENGINE_OPTION_REJECTED,
       POLICY_INVALID
     UNAUTHENTICATED                              401   authentication_error
+      (code "invalid_api_key")
     PERMISSION_DENIED, POLICY_FORBIDDEN          403   permission_error
     MODEL_NOT_FOUND, NOT_FOUND,                  404   invalid_request_error
       REVISION_NOT_FOUND, DEVICE_NOT_FOUND
@@ -51,7 +55,8 @@ Where the error appears: before a response starts (bad input, admission refused 
 the orchestrator, any failure of a non-streamed request) it is the HTTP status and
 body above. Once a stream has begun it is an SSE event `data: {"error": {...}}` with
 the same body, then `data: [DONE]`. HTTP errors that never reach a route (unknown
-path 404, wrong method 405 with an `Allow` header listing every method of the path)
+path 404, wrong method 405 with an `Allow` header listing every method of the path,
+HEAD wherever GET is)
 use the same body, codes "not_found" and "method_not_allowed"; so does a request that
 does not arrive in time (408 "request_timeout", written by gateway.server). Unknown
 request fields are not errors: they are ignored.
@@ -110,6 +115,10 @@ GATEWAY_STATUS: dict[str, tuple[int, str]] = {
     "UNIMPLEMENTED": (501, "server_error"),
 }
 DEFAULT_STATUS = (500, "server_error")
+# The body's `code` where OpenAI names the refusal otherwise than stable_code.lower().
+OPENAI_CODE: dict[str, str] = {
+    "UNAUTHENTICATED": "invalid_api_key",
+}
 
 
 class Unimplemented(OrchError):
@@ -133,7 +142,7 @@ def error_body(err: OrchError) -> dict[str, Any]:
     """The OpenAI error object for `err`; also the payload of an SSE error event."""
     _, kind = status_of(err.code)
     return {"error": {"message": err.message, "type": kind, "param": err.param or None,
-                      "code": err.code.lower()}}
+                      "code": OPENAI_CODE.get(err.code, err.code.lower())}}
 
 
 def retry_headers(err: OrchError) -> dict[str, str]:
@@ -182,6 +191,8 @@ def _allowed_methods(request: Request) -> list[str]:
         regex = getattr(route, "path_regex", None)
         if regex is not None and regex.match(path):
             methods |= getattr(route, "methods", None) or set()
+    if "GET" in methods:
+        methods.add("HEAD")  # gateway.middleware.HeadMiddleware answers it
     return sorted(methods)
 
 

@@ -7,6 +7,7 @@
 --orchestrator-metrics is where /metrics reads the orchestrator's Prometheus text;
 by default the --orchestrator host, on the port of the config's
 orchestrator.metrics_listen (9101). The gateway section has no key for it: a flag only.
+The other way round, `[gateway] cors_origins` (CORS; gateway.app) is a key only.
 
 Flags override the config file, which overrides the defaults (common.config). The
 listening socket is bound before uvicorn starts, so a busy port or a bad flag ends
@@ -115,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         print(exc.message, file=sys.stderr)
         return 2
     app = create_app(gw.orchestrator, max_body_bytes=gw.max_body_bytes, max_n=gw.max_n,
-                     orchestrator_metrics_url=metrics_url, mode=cfg.mode)
+                     orchestrator_metrics_url=metrics_url, mode=cfg.mode,
+                     cors_origins=gw.cors_origins)
     http = _Server(server.config(app, timeout_graceful_shutdown=5))
     log.emit("gateway", "component.started", f"listening on {gw.listen}",
              listen=gw.listen, orchestrator=gw.orchestrator, orchestrator_metrics=metrics_url)

@@ -1,7 +1,15 @@
-"""The edge of every request: correlation id in and out, counting and an access log.
+"""The edge of every request: correlation id in and out, counting and an access log;
+HEAD answered as GET; and, when configured, CORS.
 
-A pure ASGI middleware (not BaseHTTPMiddleware) so that streamed responses pass
+Pure ASGI middlewares (not BaseHTTPMiddleware) so that streamed responses pass
 through untouched and `receive` still reports a client's disconnect to the route.
+The order, outermost first (gateway.app):
+
+    CORSMiddleware   only with cors_origins; answers preflights itself (no API key
+                     needed, no route reached) and marks every answer, errors included
+    EdgeMiddleware   correlation id, metrics, access log, crash -> 500
+    HeadMiddleware   HEAD runs the GET route and drops the body
+    the routes       bodies (size limit, JSON, model) are read by each route (gateway.body)
 """
 
 from __future__ import annotations
@@ -97,3 +105,35 @@ class EdgeMiddleware:
                 log.emit("gateway", "http.request", level="info" if status < 500 else "warning",
                          correlation_id=cid, method=scope.get("method"), route=route_of(scope),
                          status=status, duration_ms=round(elapsed_ms, 1))
+
+
+class HeadMiddleware:
+    """HEAD on a path is its GET without the body, as HTTP says it must be: FastAPI's
+    routes answer GET only. The headers are GET's (Content-Length included). A stream
+    ends after its headers: the server then tells the route the client is gone."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        ended = False
+
+        async def send_headers_only(message: Message) -> None:
+            nonlocal ended
+            if message["type"] == "http.response.start":
+                await send(message)
+            elif not ended:
+                ended = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        # A copy, so the server and the access log still see HEAD.
+        as_get = {**scope, "method": "GET"}
+        try:
+            await self.app(as_get, receive, send_headers_only)
+        finally:
+            # The edge labels its metrics with the route the router matched.
+            if "route" in as_get:
+                scope["route"] = as_get["route"]

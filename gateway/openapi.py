@@ -77,7 +77,7 @@ class ErrorResponse(_Doc):
 
 _WHY = {
     400: "invalid input: a bad field (`param` names it), or refused at admission",
-    401: "the orchestrator requires credentials",
+    401: "a missing or bad API key (code invalid_api_key)",
     403: "the credentials may not do this",
     404: "no such model, job, worker, device or route",
     408: "the request's headers or body did not arrive in time (the connection is closed)",

@@ -7,18 +7,27 @@ says what the validators accept: the two must agree (tests/gateway/test_gateway_
 runs schemathesis against them).
 
 - Types are strict (`"0.5"` is not a temperature, `1` is not a boolean).
+- An explicit JSON null is the field's default, as OpenAI takes it: openai-python
+  sends null for an argument given as None. Fields with a non-null default (`stream`,
+  `logprobs`, `echo`, `include_usage`, `priority`, `detach`) are of the types `Flag`
+  and `Priority`: null becomes the default, any other value keeps its strict type.
 - Unknown fields are accepted and ignored, as OpenAI does, so newer SDKs keep working.
-- Known OpenAI fields whose meaning we cannot honour (tools, echo, logit_bias, a
-  role "tool", ...) are refused with UNSUPPORTED_PARAMETER instead of being ignored:
-  ignoring them would silently change what the answer means. Given their neutral
-  value (`tools: []`, `echo: false`, `tool_choice: "none"`) they are accepted.
+- Known OpenAI fields whose meaning we cannot honour (tools, echo, logit_bias, audio
+  or web search, a role "tool", tool calls in the history, ...) are refused with
+  UNSUPPORTED_PARAMETER instead of being ignored: ignoring them would silently change
+  what the answer means. Given their neutral value (`tools: []`, `echo: false`,
+  `tool_choice: "none"`, `modalities: ["text"]`, null) they are accepted.
+- An assistant message's content may be null or absent (a reply that was all tool
+  calls or a refusal; taken as ""), and may hold refusal parts (their text is used).
 - Extension fields: `priority` ("interactive" | "batch"), `detach` (a disconnect does
   not cancel the job) and `top_k`, as vLLM and Ollama accept it.
 
-Ranges: temperature 0..2, top_p (0, 1], penalties -2..2, n 1..max_n (the gateway's
+Ranges, as OpenAI's: temperature 0..2, top_p 0..1 (0: only the most likely token,
+sent to the orchestrator as top_k 1), penalties -2..2, n 1..max_n (the gateway's
 `max_n`, 8 unless configured; given as validation context), at most 4 stop strings of
-1..256 characters, seed 0..2^64-1, max_tokens >= 1, top_logprobs 0..20 (completions:
-logprobs 0..5), a completion prompt is a string or 1..16 strings.
+1..256 characters, seed -2^63..2^64-1 (a negative seed is its 64-bit two's complement,
+`seed % 2**64`, the contract's uint64), max_tokens >= 1, top_logprobs 0..20
+(completions: logprobs 0..5), a completion prompt is a string or 1..16 strings.
 
 `SamplingFields` (model, sampling, priority, detach, user) is shared with the native
 /v2 task body (gateway.v2.protocol), so both APIs refuse the same input the same way;
@@ -32,6 +41,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -48,6 +58,7 @@ MAX_TOP_LOGPROBS = 20
 MAX_COMPLETION_LOGPROBS = 5
 MAX_INT32 = 2**31 - 1
 MAX_UINT32 = 2**32 - 1
+MIN_SEED = -(2**63)  # OpenAI's seed is an int64 or a uint64
 MAX_SEED = 2**64 - 1
 ROLES = ("system", "user", "assistant", "developer")
 # OpenAI roles that only make sense with tool calling, which llama-orch does not do.
@@ -81,10 +92,35 @@ def _schema(schema: dict[str, Any]) -> WithJsonSchema:
     return WithJsonSchema({"anyOf": [schema, {"type": "null"}]})
 
 
+# The schema of a field whose only accepted value is null (or absence).
+_NULL_ONLY = WithJsonSchema({"type": "null"})
+
+
+def _null_is(default: Any, kind: Any) -> BeforeValidator:
+    """Reads an explicit null as `default`; anything else is validated as `kind`,
+    strictly. The field's schema says "`kind` or null"."""
+    return BeforeValidator(lambda value: default if value is None else value,
+                           json_schema_input_type=kind | None)
+
+
+PriorityName = Literal["interactive", "batch"]
+# Fields that take null as their default; what they hold is never None.
+Flag = Annotated[bool, _null_is(False, bool)]
+Priority = Annotated[PriorityName, _null_is("interactive", PriorityName)]
+
+
+def _uint64(seed: int | None) -> int | None:
+    # The contract's seed is a uint64; OpenAI also takes negative int64 seeds.
+    return None if seed is None else seed % 2**64
+
+
 _STOP_STRING = {"type": "string", "minLength": 1, "maxLength": MAX_STOP_CHARS}
 _TEXT_PART = {"type": "object", "properties": {"type": {"const": "text"},
                                                "text": {"type": "string"}},
               "required": ["type", "text"]}
+_REFUSAL_PART = {"type": "object", "properties": {"type": {"const": "refusal"},
+                                                  "refusal": {"type": "string"}},
+                 "required": ["type", "refusal"]}
 
 
 def _needs_logprobs(value: int | None, info: ValidationInfo) -> int | None:
@@ -120,7 +156,7 @@ class _Body(BaseModel):
 
 
 class StreamOptions(_Body):
-    include_usage: bool = False
+    include_usage: Flag = False
 
 
 class SamplingFields(_Body):
@@ -132,9 +168,9 @@ class SamplingFields(_Body):
 
     model: Text = Field(min_length=1)
     temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    top_p: float | None = Field(None, ge=0, le=1)
     top_k: int | None = Field(None, ge=1, le=MAX_INT32)  # an int32 in the contract
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    seed: Annotated[int | None, AfterValidator(_uint64)] = Field(None, ge=MIN_SEED, le=MAX_SEED)
     stop: Annotated[Any, _schema({"anyOf": [
         _STOP_STRING, {"type": "array", "items": _STOP_STRING, "maxItems": MAX_STOP}]})] = None
     max_tokens: int | None = Field(None, ge=1, le=MAX_UINT32)
@@ -144,8 +180,8 @@ class SamplingFields(_Body):
     # the app's document.
     n: int | None = Field(None, ge=1)
     user: Text | None = None
-    priority: Literal["interactive", "batch"] = "interactive"
-    detach: bool = False
+    priority: Priority = "interactive"
+    detach: Flag = False
     logit_bias: Annotated[Any, _schema({"type": "object", "maxProperties": 0})] = None
 
     @field_validator("stop")
@@ -208,7 +244,7 @@ class SamplingFields(_Body):
 class GenerationRequest(SamplingFields):
     """Fields chat and text completions share; validated the same for both."""
 
-    stream: bool = False
+    stream: Flag = False
     stream_options: StreamOptions | None = None
 
     @field_validator("stream_options")
@@ -224,12 +260,44 @@ class GenerationRequest(SamplingFields):
         return self.stream_options is not None and self.stream_options.include_usage
 
 
+def _none_or_empty_list(value: Any) -> None:
+    if value is not None and not isinstance(value, list):
+        raise ValueError("must be an array")
+    if value:
+        raise unsupported()
+
+
+def _none_only_object(value: Any) -> None:
+    """An object-typed OpenAI field we cannot honour in any form: only null passes."""
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise ValueError("must be an object")
+    raise unsupported()
+
+
+_CONTENT = {"anyOf": [{"type": "string"}, {"type": "array", "items": _TEXT_PART}]}
+
+
 class ChatMessage(_Body):
+    # Only an assistant's content may be null, absent or hold refusal parts: the
+    # schema's anyOf says so (role assistant, or a string or text parts).
+    model_config = ConfigDict(json_schema_extra={"anyOf": [
+        {"properties": {"role": {"const": "assistant"}}},
+        {"properties": {"content": _CONTENT}, "required": ["content"]}]})
+
     # "developer" is OpenAI's newer name for "system", and is sent to the orchestrator as such.
     role: Annotated[Any, WithJsonSchema({"enum": list(ROLES)})] = Field(...)
+    # validate_default: an absent content is checked against the role too.
     content: Annotated[Any, WithJsonSchema({"anyOf": [
-        {"type": "string"}, {"type": "array", "items": _TEXT_PART}]})] = Field(...)
+        {"type": "string"}, {"type": "array", "items": {"anyOf": [_TEXT_PART, _REFUSAL_PART]}},
+        {"type": "null"}]})] = Field(None, validate_default=True)
     name: Text | None = None
+    # An assistant turn's tool calls (and their deprecated or audio forms) in the
+    # history: a conversation with tool calling, which llama-orch does not do.
+    tool_calls: Annotated[Any, _schema({"type": "array", "maxItems": 0})] = None
+    function_call: Annotated[Any, _NULL_ONLY] = None
+    audio: Annotated[Any, _NULL_ONLY] = None
 
     @field_validator("role")
     @classmethod
@@ -242,41 +310,68 @@ class ChatMessage(_Body):
 
     @field_validator("content")
     @classmethod
-    def _content(cls, value: Any) -> str:
-        """A string, or a list of text parts (joined); other part types are refused."""
+    def _content(cls, value: Any, info: ValidationInfo) -> str:
+        """A string, or a list of text parts (joined); other part types are refused.
+        An assistant's may also be null or absent ("") and hold refusal parts."""
+        assistant = info.data.get("role") == "assistant"
+        if value is None:
+            if assistant:
+                return ""
+            raise ValueError("is required (a string or a list of content parts)")
         if isinstance(value, str):
             return _utf8(value)
         if not isinstance(value, list):
             raise ValueError("must be a string or a list of content parts")
-        texts = []
-        for part in value:
-            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                raise ValueError("content parts must be objects with a type")
-            if part["type"] != "text":
-                raise unsupported(f"content part type {part['type']!r}")
-            if not isinstance(part.get("text"), str):
-                raise ValueError("a text content part needs a string text")
-            texts.append(_utf8(part["text"]))
-        return "".join(texts)
+        return "".join(_part_text(part, assistant) for part in value)
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _tool_calls(cls, value: Any) -> None:
+        _none_or_empty_list(value)
+
+    @field_validator("function_call", "audio")
+    @classmethod
+    def _null_only(cls, value: Any) -> None:
+        _none_only_object(value)
 
 
-def _none_or_empty_list(value: Any) -> None:
-    if value is not None and not isinstance(value, list):
-        raise ValueError("must be an array")
-    if value:
-        raise unsupported()
+def _part_text(part: Any, assistant: bool) -> str:
+    if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+        raise ValueError("content parts must be objects with a type")
+    kind = part["type"]
+    if kind == "refusal":
+        # As OpenAI: the assistant's earlier refusal, which the model sees as its text.
+        if not assistant:
+            raise ValueError("refusal content parts are only allowed in assistant messages")
+        key = "refusal"
+    elif kind == "text":
+        key = "text"
+    else:
+        raise unsupported(f"content part type {kind!r}")
+    if not isinstance(part.get(key), str):
+        raise ValueError(f"a {kind} content part needs a string {key}")
+    return _utf8(part[key])
 
 
 class ChatCompletionRequest(ChatLogprobs, GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_UINT32)
-    logprobs: bool = False
+    logprobs: Flag = False
     top_logprobs: TopLogprobs = None
     tools: Annotated[Any, _schema({"type": "array", "maxItems": 0})] = None
     functions: Annotated[Any, _schema({"type": "array", "maxItems": 0})] = None
     tool_choice: Annotated[Any, _schema({"const": "none"})] = None
+    # The deprecated tool_choice: "none", or "auto" with no functions (refused if
+    # any), both meaning no call.
+    function_call: Annotated[Any, _schema({"enum": ["none", "auto"]})] = None
     response_format: Annotated[Any, _schema({
         "type": "object", "properties": {"type": {"const": "text"}}, "required": ["type"]})] = None
+    # Output other than text, and features of OpenAI's own service; modalities comes
+    # before audio so that a request for audio output is refused naming it.
+    modalities: Annotated[Any, _schema({"const": ["text"]})] = None
+    audio: Annotated[Any, _NULL_ONLY] = None
+    web_search_options: Annotated[Any, _NULL_ONLY] = None
+    moderation: Annotated[Any, _NULL_ONLY] = None
 
     @field_validator("tools", "functions")
     @classmethod
@@ -292,6 +387,15 @@ class ChatCompletionRequest(ChatLogprobs, GenerationRequest):
             raise ValueError("must be a string or an object")
         raise unsupported()
 
+    @field_validator("function_call")
+    @classmethod
+    def _function_call(cls, value: Any) -> None:
+        if value is None or value in ("none", "auto"):
+            return
+        if not isinstance(value, (str, dict)):
+            raise ValueError("must be a string or an object")
+        raise unsupported()
+
     @field_validator("response_format")
     @classmethod
     def _response_format(cls, value: Any) -> None:
@@ -301,6 +405,21 @@ class ChatCompletionRequest(ChatLogprobs, GenerationRequest):
             raise ValueError("must be an object with a type")
         if value["type"] != "text":
             raise unsupported("a response_format other than text")
+
+    @field_validator("modalities")
+    @classmethod
+    def _modalities(cls, value: Any) -> None:
+        if value is None:
+            return
+        if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+            raise ValueError("must be an array of strings")
+        if value != ["text"]:
+            raise unsupported("output other than text")
+
+    @field_validator("audio", "web_search_options", "moderation")
+    @classmethod
+    def _null_only(cls, value: Any) -> None:
+        _none_only_object(value)
 
     @property
     def length_limit(self) -> int | None:
@@ -319,7 +438,7 @@ class CompletionRequest(GenerationRequest):
     ]})] = Field(...)
     # Legacy completions: an int, the number of most likely tokens to return per token.
     logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
-    echo: Annotated[bool, WithJsonSchema({"type": "boolean", "const": False})] = False
+    echo: Annotated[Flag, _schema({"type": "boolean", "const": False})] = False
     suffix: Annotated[Any, _schema({"const": ""})] = None
     best_of: Annotated[Any, _schema({"const": 1})] = None
 

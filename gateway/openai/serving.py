@@ -75,13 +75,22 @@ def job_spec(req: SamplingFields, **input: Any) -> common_pb2.JobSpec:
     """The JobSpec for a validated request (OpenAI or /v2); `input` is prompt= or chat=."""
     sampling = common_pb2.SamplingParams(
         max_tokens=req.length_limit or 0, stop=req.stop, n=req.choices,
-        logprobs=req.wants_logprobs, top_logprobs=req.top_logprob_count)
-    for name in _OPTIONAL:
-        # Unset stays unset, so the orchestrator's defaults apply and it records a seed.
-        if (value := getattr(req, name)) is not None:
-            setattr(sampling, name, value)
+        logprobs=req.wants_logprobs, top_logprobs=req.top_logprob_count,
+        **_optional_sampling(req))
     return common_pb2.JobSpec(model=req.model, sampling=sampling, priority=_PRIORITY[req.priority],
                               detach=req.detach, user=req.user or "", **input)
+
+
+def _optional_sampling(req: SamplingFields) -> dict[str, Any]:
+    """The optional sampling fields the request sets. Unset stays unset, so the
+    orchestrator's defaults apply and it records a seed."""
+    values = {name: value for name in _OPTIONAL if (value := getattr(req, name)) is not None}
+    if values.get("top_p") == 0:
+        # OpenAI's top_p 0 keeps only the most likely token; the contract's top_p is
+        # (0, 1], and top_k 1 says the same (whatever top_k the request gave).
+        del values["top_p"]
+        values["top_k"] = 1
+    return values
 
 
 async def serve(request: Request, req: GenRequest, specs: Sequence[common_pb2.JobSpec],

@@ -12,6 +12,8 @@ What is /v2's own:
     priority, detach      as on /v1 (a detached job outlives a Generate caller; a
                           submitted task is never tied to a connection anyway)
 
+An explicit null is a field's default, as on /v1.
+
 Resume positions (SSE `Last-Event-ID` header, or `?after=`) are decimal uint64s.
 """
 
@@ -29,6 +31,7 @@ from gateway.openai.protocol import (
     MAX_UINT32,
     ChatLogprobs,
     ChatMessage,
+    Flag,
     SamplingFields,
     Text,
     TopLogprobs,
@@ -44,10 +47,10 @@ class TaskRequest(ChatLogprobs, SamplingFields):
     # validate_default: the "exactly one of prompt or messages" check must run even
     # when messages is absent.
     messages: list[ChatMessage] | None = Field(None, min_length=1, validate_default=True)
-    logprobs: bool = False
+    logprobs: Flag = False
     top_logprobs: TopLogprobs = None
     deadline_ms: int | None = Field(None, ge=0, le=MAX_UINT32)
-    keep_output: bool = False
+    keep_output: Flag = False
 
     @field_validator("messages")
     @classmethod

@@ -74,6 +74,59 @@ async def test_unset_sampling_fields_stay_unset(client, orchestrator):
     assert spec.priority == common_pb2.PRIORITY_INTERACTIVE and not spec.detach
 
 
+@pytest.mark.parametrize("seed,sent", [(-1, 2**64 - 1), (-(2**63), 2**63), (2**64 - 1, 2**64 - 1)],
+                         ids=["minus-one", "int64-min", "uint64-max"])
+async def test_a_negative_seed_is_its_64_bit_twos_complement(client, orchestrator, seed, sent):
+    # OpenAI takes int64 seeds; the contract's seed is a uint64.
+    r = await client.post("/v1/chat/completions", json={**HELLO, "seed": seed})
+    assert r.status_code == 200, r.text
+    assert orchestrator.requests[-1].spec.sampling.seed == sent
+
+
+@pytest.mark.parametrize("top_k", [None, 40], ids=["alone", "with-top-k"])
+async def test_top_p_zero_is_greedy(client, orchestrator, top_k):
+    # OpenAI's top_p 0 keeps only the most likely token; the orchestrator's top_p is
+    # (0, 1], so the gateway says it with top_k 1.
+    body = {**HELLO, "top_p": 0, **({"top_k": top_k} if top_k else {})}
+    r = await client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    s = orchestrator.requests[-1].spec.sampling
+    assert not s.HasField("top_p") and (s.HasField("top_k"), s.top_k) == (True, 1)
+
+
+@pytest.mark.parametrize("message,content", [
+    ({"role": "assistant", "content": None}, ""),
+    ({"role": "assistant"}, ""),
+    ({"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't."}]}, "I can't."),
+    ({"role": "assistant", "content": [{"type": "text", "text": "Well, "},
+                                       {"type": "refusal", "refusal": "no."}]}, "Well, no."),
+    ({"role": "assistant", "tool_calls": [], "function_call": None, "audio": None}, ""),
+], ids=["null", "absent", "refusal-part", "text-and-refusal", "no-tool-calls"])
+async def test_an_assistant_turn_may_have_no_content_or_a_refusal(client, orchestrator,
+                                                                  message, content):
+    # As OpenAI: an earlier reply that was all tool calls or a refusal; the history
+    # keeps its place.
+    r = await client.post("/v1/chat/completions", json={**HELLO, "messages": [
+        {"role": "user", "content": "a"}, message, {"role": "user", "content": "b"}]})
+    assert r.status_code == 200, r.text
+    assert [(m.role, m.content) for m in orchestrator.requests[-1].spec.chat.messages] == [
+        ("user", "a"), ("assistant", content), ("user", "b")]
+
+
+async def test_explicit_nulls_are_the_defaults_openai_python_sends(client, orchestrator):
+    r = await client.post("/v1/chat/completions", json={
+        **HELLO, "stream": None, "logprobs": None, "top_logprobs": None, "priority": None,
+        "detach": None, "seed": None, "stream_options": None})
+    assert r.status_code == 200, r.text
+    assert r.json()["object"] == "chat.completion"  # not streamed
+    spec = orchestrator.requests[-1].spec
+    assert (spec.priority, spec.detach, spec.sampling.logprobs) == (
+        common_pb2.PRIORITY_INTERACTIVE, False, False)
+    r = await client.post("/v1/chat/completions", json={
+        **HELLO, "stream": True, "stream_options": {"include_usage": None}})
+    assert all("usage" not in c for c in sse_events(r.text)[:-1])
+
+
 async def test_several_choices_are_collected_by_index(client, orchestrator):
     orchestrator.script = [queued(), tokens("b", index=1), tokens("a", index=0),
                            end("length", 5, 1, index=1), end("stop", 5, 1, index=0)]

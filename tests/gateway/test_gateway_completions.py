@@ -34,6 +34,24 @@ async def test_a_list_of_one_prompt_is_that_prompt(client, orchestrator):
     assert orchestrator.requests[-1].spec.prompt == "Once upon"
 
 
+async def test_explicit_nulls_are_the_defaults_openai_python_sends(client, orchestrator):
+    # The openai client sends null for echo=None, stream=None, ...: not an echo, not a
+    # stream.
+    r = await client.post("/v1/completions", json={**PROMPT, "echo": None, "stream": None,
+                                                   "logprobs": None, "suffix": None})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] == "Hello world"
+    assert not orchestrator.requests[-1].spec.sampling.logprobs
+
+
+async def test_top_p_zero_and_a_negative_seed_are_taken_as_openai_takes_them(client,
+                                                                            orchestrator):
+    r = await client.post("/v1/completions", json={**PROMPT, "top_p": 0, "seed": -2})
+    assert r.status_code == 200, r.text
+    s = orchestrator.requests[-1].spec.sampling
+    assert (s.HasField("top_p"), s.top_k, s.seed) == (False, 1, 2**64 - 2)
+
+
 async def test_stream_has_no_role_chunk_and_ends_with_finish(client):
     r = await client.post("/v1/completions", json={**PROMPT, "stream": True})
     events = sse_events(r.text)

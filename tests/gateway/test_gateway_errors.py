@@ -17,6 +17,8 @@ MSGS = [{"role": "user", "content": "Hi"}]
 OK_CHAT = {"model": "tiny", "messages": MSGS}
 OK_TEXT = {"model": "tiny", "prompt": "Hi"}
 INVALID, UNSUPPORTED = "invalid_argument", "unsupported_parameter"
+# The body's code is the stable code in lower case, except where OpenAI names it.
+OPENAI_CODE = {"UNAUTHENTICATED": "invalid_api_key"}
 
 
 def chat(**fields):
@@ -54,6 +56,15 @@ BAD_REQUESTS = {
                       "messages[0].role", UNSUPPORTED),
     "message-not-object": (CHAT, chat(messages=["Hi"]), "messages[0]", INVALID),
     "missing-content": (CHAT, chat(messages=[{"role": "user"}]), "messages[0].content", INVALID),
+    "null-content": (CHAT, chat(messages=[{"role": "system", "content": None}, *MSGS]),
+                     "messages[0].content", INVALID),
+    "refusal-part-of-a-user": (CHAT, chat(messages=[{"role": "user", "content": [
+        {"type": "refusal", "refusal": "no"}]}]), "messages[0].content", INVALID),
+    "refusal-part-without-text": (CHAT, chat(messages=[*MSGS, {"role": "assistant", "content": [
+        {"type": "refusal"}]}]), "messages[1].content", INVALID),
+    "history-tool-calls-wrong-type": (CHAT, chat(messages=[*MSGS, {"role": "assistant",
+                                                                   "tool_calls": "f"}]),
+                                      "messages[1].tool_calls", INVALID),
     "content-wrong-type": (CHAT, chat(messages=[{"role": "user", "content": 5}]),
                            "messages[0].content", INVALID),
     "image-part": (CHAT, chat(messages=[{"role": "user", "content": [{"type": "image_url"}]}]),
@@ -61,7 +72,7 @@ BAD_REQUESTS = {
     "temperature-string": (CHAT, chat(temperature="hot"), "temperature", INVALID),
     "temperature-high": (CHAT, chat(temperature=2.5), "temperature", INVALID),
     "temperature-negative": (CHAT, chat(temperature=-0.1), "temperature", INVALID),
-    "top-p-zero": (CHAT, chat(top_p=0), "top_p", INVALID),
+    "top-p-negative": (CHAT, chat(top_p=-0.1), "top_p", INVALID),
     "top-p-high": (CHAT, chat(top_p=1.5), "top_p", INVALID),
     "presence-penalty-high": (CHAT, chat(presence_penalty=2.5), "presence_penalty", INVALID),
     "frequency-penalty-low": (CHAT, chat(frequency_penalty=-3), "frequency_penalty", INVALID),
@@ -84,7 +95,7 @@ BAD_REQUESTS = {
     "text-max-tokens-negative": (TEXT, text(max_tokens=-1), "max_tokens", INVALID),
     "max-completion-tokens-zero": (CHAT, chat(max_completion_tokens=0),
                                    "max_completion_tokens", INVALID),
-    "seed-negative": (CHAT, chat(seed=-1), "seed", INVALID),
+    "seed-below-int64": (CHAT, chat(seed=-(2**63) - 1), "seed", INVALID),
     "seed-too-big": (CHAT, chat(seed=2**64), "seed", INVALID),
     "top-logprobs-high": (CHAT, chat(logprobs=True, top_logprobs=21), "top_logprobs", INVALID),
     "top-logprobs-without-logprobs": (CHAT, chat(top_logprobs=2), "top_logprobs", INVALID),
@@ -92,6 +103,8 @@ BAD_REQUESTS = {
     "stream-not-bool": (CHAT, chat(stream="true"), "stream", INVALID),
     "stream-options-without-stream": (CHAT, chat(stream_options={"include_usage": True}),
                                       "stream_options", INVALID),
+    "stream-options-with-null-stream": (CHAT, chat(stream=None, stream_options={}),
+                                        "stream_options", INVALID),
     "include-usage-not-bool": (CHAT, chat(stream=True, stream_options={"include_usage": 1}),
                                "stream_options.include_usage", INVALID),
     "unknown-priority": (CHAT, chat(priority="urgent"), "priority", INVALID),
@@ -104,6 +117,18 @@ BAD_REQUESTS = {
     "json-mode": (CHAT, chat(response_format={"type": "json_object"}),
                   "response_format", UNSUPPORTED),
     "logit-bias": (CHAT, chat(logit_bias={"1": 5}), "logit_bias", UNSUPPORTED),
+    "function-call-name": (CHAT, chat(function_call="f"), "function_call", UNSUPPORTED),
+    "function-call-wrong-type": (CHAT, chat(function_call=5), "function_call", INVALID),
+    # The first refusal is the answer: modalities comes before audio.
+    "audio-output": (CHAT, chat(modalities=["text", "audio"],
+                                audio={"voice": "alloy", "format": "wav"}),
+                     "modalities", UNSUPPORTED),
+    "audio-only-output": (CHAT, chat(modalities=["audio"]), "modalities", UNSUPPORTED),
+    "no-output": (CHAT, chat(modalities=[]), "modalities", UNSUPPORTED),
+    "modalities-not-strings": (CHAT, chat(modalities=[1]), "modalities", INVALID),
+    "web-search-empty": (CHAT, chat(web_search_options={}), "web_search_options", UNSUPPORTED),
+    "web-search-wrong-type": (CHAT, chat(web_search_options=True), "web_search_options",
+                              INVALID),
     "missing-prompt": (TEXT, {"model": "tiny"}, "prompt", INVALID),
     "prompt-not-string": (TEXT, text(prompt=5), "prompt", INVALID),
     "too-many-prompts": (TEXT, text(prompt=["a"] * 17), "prompt", INVALID),
@@ -139,6 +164,46 @@ async def test_bad_request_is_400_with_param(client, orchestrator, path, body, p
 async def test_unknown_fields_and_explicit_defaults_are_accepted(client, path, body):
     r = await client.post(path, json=body)
     assert r.status_code == 200, r.text
+
+
+def _history(**assistant):
+    return [*MSGS, {"role": "assistant", "content": "x", **assistant}, *MSGS]
+
+
+# field -> (its neutral values, accepted; a value with an effect, refused): known
+# OpenAI fields llama-orch cannot honour. A field of a message is given as
+# (message field, messages builder).
+REFUSED_UNLESS_NEUTRAL = {
+    "function_call": (["none", "auto", None], {"name": "f"}),
+    "modalities": ([["text"], None], ["text", "audio"]),
+    "audio": ([None], {"voice": "alloy", "format": "wav"}),
+    "web_search_options": ([None], {"search_context_size": "low"}),
+    "moderation": ([None], {"model": "omni-moderation-latest"}),
+    "messages[1].tool_calls": ([[], None], [{"id": "c", "type": "function", "function": {
+        "name": "f", "arguments": "{}"}}]),
+    "messages[1].function_call": ([None], {"name": "f", "arguments": "{}"}),
+    "messages[1].audio": ([None], {"id": "audio-1"}),
+}
+
+
+@pytest.mark.parametrize("param,values", REFUSED_UNLESS_NEUTRAL.items(),
+                         ids=REFUSED_UNLESS_NEUTRAL.keys())
+async def test_a_field_we_cannot_honour_is_refused_unless_neutral(client, orchestrator, param,
+                                                                  values):
+    def body(value):
+        if param.startswith("messages[1]."):
+            return chat(messages=_history(**{param.removeprefix("messages[1]."): value}))
+        return chat(**{param: value})
+
+    neutral, effective = values
+    for value in neutral:
+        r = await client.post(CHAT, json=body(value))
+        assert r.status_code == 200, (value, r.text)
+    r = await client.post(CHAT, json=body(effective))
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert (err["param"], err["code"]) == (param, UNSUPPORTED)
+    assert "not supported by llama-orch" in err["message"]
 
 
 async def test_unknown_fields_are_ignored_not_forwarded(client, orchestrator):
@@ -243,7 +308,23 @@ async def test_admission_error_maps_to_status(client, orchestrator, code, param,
     r = await client.post(CHAT, json=OK_CHAT)
     assert r.status_code == status
     assert r.json() == {"error": {"message": f"refused: {code}", "type": kind,
-                                  "param": param or None, "code": code.lower()}}
+                                  "param": param or None,
+                                  "code": OPENAI_CODE.get(code, code.lower())}}
+
+
+async def test_a_missing_or_bad_api_key_is_401_invalid_api_key(client, orchestrator,
+                                                               openai_client):
+    # OpenAI's code for it, which its clients and tools know; the type stays.
+    orchestrator.admission_error = OrchError("UNAUTHENTICATED", "the API key is not valid")
+    r = await client.post(CHAT, json=OK_CHAT)
+    assert r.status_code == 401
+    assert r.json() == {"error": {"message": "the API key is not valid",
+                                  "type": "authentication_error", "param": None,
+                                  "code": "invalid_api_key"}}
+    with pytest.raises(openai.AuthenticationError) as denied:
+        await asyncio.to_thread(openai_client.chat.completions.create, model="tiny",
+                                messages=MSGS)
+    assert denied.value.code == "invalid_api_key"
 
 
 async def test_admission_error_of_a_stream_is_an_http_status_not_a_stream(client, orchestrator):
@@ -274,7 +355,7 @@ async def test_unknown_route_and_method_are_openai_errors(client):
     # Every method of the path, though FastAPI keeps each router as one route.
     assert r.headers["allow"] == "POST"
     r = await client.put("/v2/tasks/job-1")
-    assert (r.status_code, r.headers["allow"]) == (405, "DELETE, GET")
+    assert (r.status_code, r.headers["allow"]) == (405, "DELETE, GET, HEAD")
 
 
 async def test_openai_client_sees_the_status_classes(openai_client, orchestrator):

@@ -98,3 +98,52 @@ def test_main_serves_with_bounded_reads_and_the_configured_limits(monkeypatch, t
     assert gateway_main.main(["--listen", "127.0.0.1:0", "--config", str(config),
                               "--max-n", "2"]) == 0
     assert seen["config"].app.state.max_n == 2
+
+
+@pytest.mark.parametrize("origins,allowed", [
+    ('[]', None),
+    ('["http://localhost:3000", "https://app.example:8443"]', "http://localhost:3000"),
+    ('["*"]', "*"),
+], ids=["default-none", "listed", "any"])
+async def test_cors_origins_come_from_the_config(tmp_path, origins, allowed):
+    from gateway import main as gateway_main
+    from tests.gateway.conftest import in_process
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, config):
+            seen["app"] = config.app
+
+        async def serve(self, sockets):
+            for s in sockets:
+                s.close()
+
+    config = tmp_path / "llama-orch.toml"
+    config.write_text(f"[gateway]\ncors_origins = {origins}\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gateway_main, "_Server", Recorder)
+        # main runs its own event loop (asyncio.run), hence a thread.
+        assert await asyncio.to_thread(
+            gateway_main.main, ["--listen", "127.0.0.1:0", "--config", str(config)]) == 0
+    # No orchestrator runs here: a preflight never reaches one.
+    async with in_process(seen["app"]) as c:
+        r = await c.options("/v1/models", headers={"Origin": "http://localhost:3000",
+                                                   "Access-Control-Request-Method": "GET"})
+    assert r.headers.get("access-control-allow-origin") == allowed
+
+
+@pytest.mark.parametrize("origins,why", [
+    ('"http://a.example"', "must be a list of strings"),
+    ('["http://a.example/"]', "is not an origin"),  # a browser's Origin has no path
+    ('["a.example"]', "is not an origin"),
+    ('[3000]', "must be a list of strings"),
+], ids=["not-a-list", "with-a-path", "no-scheme", "not-strings"])
+def test_a_bad_cors_origin_exits_2_naming_the_setting(tmp_path, capsys, origins, why):
+    from gateway import main as gateway_main
+
+    config = tmp_path / "llama-orch.toml"
+    config.write_text(f"[gateway]\ncors_origins = {origins}\n")
+    assert gateway_main.main(["--listen", "127.0.0.1:0", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "gateway.cors_origins" in err and why in err, err

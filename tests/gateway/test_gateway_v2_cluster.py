@@ -125,12 +125,13 @@ async def test_float32_readings_are_not_noisy(client, orchestrator):
     assert device["utilization_percent"] == 0.1
 
 
-@pytest.mark.parametrize("code,status", [("UNAUTHENTICATED", 401), ("PERMISSION_DENIED", 403),
-                                         ("UNAVAILABLE", 503)])
-async def test_cluster_refusals_are_their_status(client, orchestrator, code, status):
+@pytest.mark.parametrize("code,status,body_code", [
+    ("UNAUTHENTICATED", 401, "invalid_api_key"), ("PERMISSION_DENIED", 403, "permission_denied"),
+    ("UNAVAILABLE", 503, "unavailable")])
+async def test_cluster_refusals_are_their_status(client, orchestrator, code, status, body_code):
     orchestrator.snapshot_error = OrchError(code, "no")
     r = await client.get("/v2/cluster")
-    assert (r.status_code, r.json()["error"]["code"]) == (status, code.lower())
+    assert (r.status_code, r.json()["error"]["code"]) == (status, body_code)
 
 
 async def test_cluster_behind_a_path_prefix_links_jobs_under_it(orchestrator):

@@ -69,6 +69,15 @@ async def test_unset_fields_stay_unset(client, orchestrator):
     assert orchestrator.submits[-1].idempotency_key == ""
 
 
+async def test_seed_and_top_p_ranges_are_openai_s(client, orchestrator):
+    # Shared with /v1 (SamplingFields): a negative seed is its 64-bit two's complement,
+    # top_p 0 is greedy (top_k 1, since the contract's top_p is (0, 1]).
+    r = await client.post(TASKS, json={**PROMPT, "seed": -1, "top_p": 0})
+    assert r.status_code == 202, r.text
+    s = orchestrator.submits[-1].spec.sampling
+    assert (s.seed, s.HasField("top_p"), s.top_k) == (2**64 - 1, False, 1)
+
+
 async def test_same_idempotency_key_and_body_is_the_same_job(client, orchestrator):
     key = {"Idempotency-Key": "order-17"}
     first = await client.post(TASKS, json=PROMPT, headers=key)
@@ -118,8 +127,8 @@ BAD_BODIES = {
                                                    "content": [{"type": "image_url"}]}]},
                    "messages[0].content", UNSUPPORTED),
     "temperature-high": (task(temperature=2.5), "temperature", INVALID),
-    "top-p-zero": (task(top_p=0), "top_p", INVALID),
-    "seed-negative": (task(seed=-1), "seed", INVALID),
+    "top-p-negative": (task(top_p=-0.5), "top_p", INVALID),
+    "seed-below-int64": (task(seed=-(2**63) - 1), "seed", INVALID),
     "n-above-limit": (task(n=9), "n", INVALID),
     "five-stops": (task(stop=["a", "b", "c", "d", "e"]), "stop", INVALID),
     "max-tokens-zero": (task(max_tokens=0), "max_tokens", INVALID),
