@@ -130,7 +130,6 @@ async def finished_record(orch: "Orchestrator", row: JobRow) -> JobRecord:
         last = job.events[-1].WhichOneof("kind")
         if last not in ("end", "error") or (last == "end" and _ends(job) < max(1, job.admitted.sampling.n)):
             orch.durability.track(job)
-            job.skip_to(job.seq_reserved + 1)  # never a seq a client may have seen
             if job.error is not None:
                 job.append(error=job.error.to_detail(), final=True)
             else:
