@@ -74,6 +74,10 @@ class OrchestratorConfig:
     optimizer_threshold: int = 10
     optimizer_interval_s: float = 30.0
     optimizer_budget_s: float = 5.0
+    # A request that sets no max_tokens generates up to this many; 0: to the end of the
+    # model's context, as OpenAI does (a cap here is the operator's choice, not the
+    # client's, so it is off by default).
+    default_max_tokens: int = 0
 
 
 @dataclass
@@ -196,6 +200,9 @@ class Config:
         if o.retry_max_attempts < 1 or o.retry_initial_s <= 0 or o.retry_multiplier < 1 or o.retry_cap_s <= 0:
             raise ConfigError("orchestrator.retry_* must be positive (max_attempts >= 1, multiplier >= 1)",
                               param="orchestrator.retry_max_attempts")
+        if o.default_max_tokens < 0:
+            raise ConfigError("orchestrator.default_max_tokens must be >= 0 (0: to the end of "
+                              "the context)", param="orchestrator.default_max_tokens")
         if not 0 < o.default_deadline_ms <= o.max_deadline_ms:
             raise ConfigError("orchestrator.default_deadline_ms must be in (0, max_deadline_ms]",
                               param="orchestrator.default_deadline_ms")

@@ -23,7 +23,6 @@ MAX_N = 8
 MAX_STOP = 4
 MAX_STOP_CHARS = 256
 MAX_PROMPT_CHARS = 1_000_000
-DEFAULT_MAX_TOKENS = 256
 
 
 @dataclass(frozen=True)
@@ -111,8 +110,8 @@ def admit(spec: common_pb2.JobSpec, catalog: Catalog, cfg: OrchestratorConfig) -
     if not ids:
         raise _bad("the prompt is empty", param)
     room = model.context_length - len(ids)
-    if s.max_tokens == 0:
-        s.max_tokens = max(0, min(DEFAULT_MAX_TOKENS, room))
+    if s.max_tokens == 0:  # unset: the operator's cap, or the rest of the context
+        s.max_tokens = max(0, min(cfg.default_max_tokens or room, room))
     if room <= 0 or s.max_tokens > room:
         raise InvalidInput(
             "CONTEXT_LENGTH_EXCEEDED",

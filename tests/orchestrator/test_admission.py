@@ -28,11 +28,22 @@ def test_chat_is_rendered_resolved_and_seeded():
     assert a.priority is Priority.INTERACTIVE and a.deadline_ms == CFG.default_deadline_ms
 
 
-def test_client_seed_is_kept_and_default_max_tokens_fits_the_context():
+def test_client_seed_is_kept_and_an_unset_max_tokens_is_the_rest_of_the_context():
+    # As OpenAI: no cap unless the client sets one (it was 256, which cut off the
+    # answers of clients that send none, such as LangChain's by default).
     a = admit(C.JobSpec(model="tiny", prompt="the fox", sampling=C.SamplingParams(seed=7),
                         priority=C.PRIORITY_BATCH), CAT, CFG)
     assert a.seed == 7 and a.priority is Priority.BATCH
-    assert 0 < a.sampling.max_tokens <= 512 - len(a.prompt_ids)
+    assert a.sampling.max_tokens == 512 - len(a.prompt_ids)
+
+
+def test_an_operator_cap_applies_to_requests_that_set_no_max_tokens():
+    capped = OrchestratorConfig(default_max_tokens=100)
+    a = admit(C.JobSpec(model="tiny", prompt="the fox"), CAT, capped)
+    assert a.sampling.max_tokens == 100
+    b = admit(C.JobSpec(model="tiny", prompt="the fox",
+                        sampling=C.SamplingParams(max_tokens=300)), CAT, capped)
+    assert b.sampling.max_tokens == 300  # the client's own limit stands
 
 
 LONG = "fox " * 600
