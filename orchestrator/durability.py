@@ -20,7 +20,7 @@ import contextlib
 from common import log
 from llama_orch.v1 import events_pb2
 from orchestrator.jobs import JobRecord
-from orchestrator.store import JobRow, Store
+from orchestrator.store import JobRow, Store, StoreClosed
 
 
 def row_of(job: JobRecord) -> JobRow:
@@ -111,6 +111,8 @@ class Durability:
             reserved = job.seq_reserved
             try:
                 await self.save(job)
+            except StoreClosed:
+                return  # shutting down: nothing will be written any more
             except Exception as exc:  # events stay hidden until a write succeeds
                 log.emit("orchestrator", "store.write_failed", repr(exc), level="error",
                          job_id=job.job_id)

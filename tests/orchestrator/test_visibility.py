@@ -13,7 +13,7 @@ from common.config import Config
 from llama_orch.v1 import common_pb2 as C, events_pb2 as E
 from orchestrator.core import Orchestrator
 from orchestrator.jobs import SEQ_BLOCK
-from orchestrator.store import Store, StoreError
+from orchestrator.store import Store, StoreClosed, StoreError
 from orchestrator.types import JobState
 
 
@@ -228,3 +228,22 @@ async def test_a_failed_write_of_the_outcome_is_retried_until_it_lands(make):
     kinds = await asyncio.wait_for(to_the_end(), 10)  # it ends: the retry landed
     assert kinds[-1] == "error" and failed
     assert (await store.get_job(job.job_id)).status == C.JOB_STATUS_CANCELLED
+
+
+async def test_a_reservation_pending_when_the_store_closes_stops_trying(make):
+    # It retried every 0.5 s for good after shutdown, logging an error each time.
+    orch, store = await make()
+    job, _ = await orch.submit(spec())
+    await store.flush()
+    calls = []
+
+    async def update_job(row, **kw):  # a failed write, then the store is closing
+        calls.append(row.job_id)
+        if len(calls) == 1:
+            raise StoreError("database write failed: disk I/O error")
+        raise StoreClosed("the store is closed")
+    store.update_job = update_job
+    for i in range(SEQ_BLOCK):  # the last is past the reservation: a row write is wanted
+        job.append(tokens=tokens("a", i))
+    await asyncio.sleep(1.6)  # three retry periods
+    assert len(calls) == 2 and not job.reserving  # gave up once the store was closed
