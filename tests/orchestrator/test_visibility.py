@@ -41,6 +41,22 @@ def tokens(text: str, *ids: int) -> E.JobTokens:
     return E.JobTokens(text=text, token_ids=list(ids))
 
 
+def fail_next_transaction(store: Store, error: str, *, after_s: float = 0.0) -> list[bool]:
+    """The writer's next transaction fails with sqlite3's `error` (after `after_s`, a
+    slow disk); later ones run. Returns a list that holds True once it failed."""
+    direct = store._writer._direct  # noqa: SLF001 - a failure SQLite gives only rarely
+    real, failed = direct.transaction, []
+
+    def transaction(fn):
+        if not failed:
+            failed.append(True)
+            time.sleep(after_s)
+            raise sqlite3.OperationalError(error)
+        return real(fn)
+    direct.transaction = transaction
+    return failed
+
+
 async def test_an_event_is_visible_without_waiting_for_a_commit(make):
     orch, store = await make()
     job, _ = await orch.submit(spec())
@@ -137,15 +153,7 @@ async def test_a_new_jobs_first_events_ride_on_its_insert_not_a_second_row_write
 
 async def test_a_job_whose_insert_failed_gets_no_row_from_a_later_write(make):
     orch, store = await make()
-    direct = store._writer._direct  # noqa: SLF001 - one failed transaction, then healthy
-    real, failed = direct.transaction, []
-
-    def transaction(fn):
-        if not failed:
-            failed.append(True)
-            raise sqlite3.OperationalError("disk I/O error")
-        return real(fn)
-    direct.transaction = transaction
+    fail_next_transaction(store, "disk I/O error")
     facts = orch.facts.watch([E.FACT_KIND_JOB_FAILED])
     with pytest.raises(Exception) as err:
         await orch.submit(spec())
@@ -175,16 +183,8 @@ async def test_a_refused_job_that_was_already_running_leaves_no_row_or_usage(tmp
     orch.worker_ready("p", C.WorkerInfo(
         worker_id="w1", model_ref=orch.catalog.resolve("tiny").ref, device_ids=["sim-0"],
         endpoint=f"127.0.0.1:{fake.port}", state=C.WORKER_STATE_READY, slots=1), 0)
-    direct = store._writer._direct  # noqa: SLF001 - the insert's batch fails, slowly
-    real, failed = direct.transaction, []
-
-    def transaction(fn):
-        if not failed:
-            failed.append(True)
-            time.sleep(0.3)  # long enough for the job to be dispatched meanwhile
-            raise sqlite3.OperationalError("database is locked")
-        return real(fn)
-    direct.transaction = transaction
+    # The insert's batch fails, slowly: long enough for the job to be dispatched.
+    fail_next_transaction(store, "database is locked", after_s=0.3)
     try:
         facts = orch.facts.watch([E.FACT_KIND_JOB_FAILED])
         with pytest.raises(Exception) as err:
@@ -212,15 +212,7 @@ async def test_a_failed_write_of_the_outcome_is_retried_until_it_lands(make):
     orch, store = await make()
     job, _ = await orch.submit(spec())
     await store.flush()
-    direct = store._writer._direct  # noqa: SLF001 - one failed transaction, then healthy
-    real, failed = direct.transaction, []
-
-    def transaction(fn):
-        if not failed:
-            failed.append(True)
-            raise sqlite3.OperationalError("database is locked")
-        return real(fn)
-    direct.transaction = transaction
+    failed = fail_next_transaction(store, "database is locked")
     cancelled = await orch.cancel(job.job_id)
     assert cancelled.state is JobState.CANCELLED
     async def to_the_end() -> list[str]:
