@@ -9,8 +9,10 @@ Order of operations for one step (OpenAI semantics, as vLLM applies them):
     penalised[j] = logits[j] - frequency_penalty * count[j] - presence_penalty * (count[j] > 0)
 
 `count` is how often token j occurs in the completion so far (not the prompt). The
-random draw uses float64 on the CPU with a `torch.Generator` seeded per choice, so the
-token depends only on the logits and the seed, not on the device or on other jobs.
+random draw is a float64 from a generator seeded per choice with the whole 64-bit seed
+(Python's `random.Random`: torch's CPU generator keeps only a seed's low 32 bits, so
+seeds s and s + 2**32 gave the same text), so the token depends only on the logits and
+the seed, not on the device or on other jobs.
 Logprobs are reported from the model's own distribution (raw logits, before penalties
 and temperature), like vLLM's default.
 
@@ -21,6 +23,7 @@ library it never calls.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -48,11 +51,10 @@ class SamplingConfig:
         return self.temperature < GREEDY_BELOW
 
 
-def make_generator(seed: int) -> torch.Generator:
-    """A CPU generator for one choice; seeds are uint64 on the wire."""
-    import torch
-
-    return torch.Generator(device="cpu").manual_seed(seed & 0xFFFF_FFFF_FFFF_FFFF)
+def make_generator(seed: int) -> random.Random:
+    """The generator of one choice's draws; seeds are uint64 on the wire, and every
+    bit of one counts."""
+    return random.Random(seed & 0xFFFF_FFFF_FFFF_FFFF)
 
 
 def apply_penalties(logits: torch.Tensor, counts: torch.Tensor,
@@ -89,7 +91,7 @@ def mask_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def choose(logits: torch.Tensor, cfg: SamplingConfig, counts: torch.Tensor,
-           generator: torch.Generator) -> int:
+           generator: random.Random) -> int:
     """Pick the next token from a 1-D float logits vector (see the module docstring)."""
     import torch
 
@@ -99,7 +101,7 @@ def choose(logits: torch.Tensor, cfg: SamplingConfig, counts: torch.Tensor,
     logits = mask_top_p(mask_top_k(logits / cfg.temperature, cfg.top_k), cfg.top_p)
     probs = torch.softmax(logits.double(), dim=-1)
     cdf = torch.cumsum(probs, dim=-1)
-    u = torch.rand((), generator=generator, dtype=torch.float64)
+    u = generator.random()  # in [0, 1), 53 bits
     # right=True skips zero-probability tokens: their cdf equals their predecessor's.
     index = int(torch.searchsorted(cdf, u * cdf[-1], right=True))
     return min(index, logits.numel() - 1)

@@ -84,7 +84,10 @@ def test_kill_9_of_the_orchestrator_loses_no_admitted_job(tmp_path):
             assert len(succeeded) == JOBS, [(j.job_id, j.error.message) for j in jobs.values()
                                             if j.status != C.JOB_STATUS_SUCCEEDED][:5]
             for job in succeeded:
-                assert job.output and job.usage.completion_tokens > 0
+                # It ran (a worker's proof of its tokens); a seed may draw </s> first,
+                # so an empty completion is a possible outcome.
+                assert job.proof.engine == "hf" and job.finish_reason in ("stop", "length")
+                assert job.proof.token_count == job.usage.completion_tokens
                 events = [r.event for r in stub.StreamJob(
                     client_pb2.StreamJobRequest(job_id=job.job_id), timeout=30)]
                 kinds = [e.WhichOneof("kind") for e in events]

@@ -96,6 +96,12 @@ def test_seed_is_taken_as_uint64():
     assert draws(2**64 - 1) == draws(-1)
 
 
+@pytest.mark.parametrize("high", [2**32, 2**40, 2**63])
+def test_every_bit_of_the_seed_counts(high):
+    # torch's CPU generator kept only a seed's low 32 bits: s and s + 2**32 drew alike.
+    assert draws(5) != draws(5 + high)
+
+
 def test_token_logprobs():
     logits = torch.tensor([math.log(0.5), math.log(0.3), math.log(0.2)])
     logprob, top = token_logprobs(logits, 1, 2)
