@@ -16,6 +16,8 @@ of one `tokens` message are released together.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import time
 from collections.abc import AsyncIterator
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from common.errors import OrchError
 from llama_orch.v1 import common_pb2, events_pb2, worker_pb2
 from worker.detok import TextStream
-from worker.engines.base import Engine
+from worker.engines.base import Engine, Step
 from worker.proof import token_hash
 from worker.sampling import SamplingConfig
 
@@ -40,9 +42,11 @@ class Control:
     job_id: str
     deadline: float | None = None  # time.monotonic() value
     cancel_reason: str = ""
+    _cancelled: asyncio.Event = field(default_factory=asyncio.Event)
 
     def cancel(self, reason: str = "job cancelled") -> None:
         self.cancel_reason = self.cancel_reason or reason
+        self._cancelled.set()
 
     def check(self) -> OrchError | None:
         if self.cancel_reason:
@@ -50,6 +54,34 @@ class Control:
         if self.deadline is not None and time.monotonic() > self.deadline:
             return OrchError("DEADLINE_EXCEEDED", "job deadline exceeded")
         return None
+
+    async def next_step(self, steps: AsyncIterator[Step]) -> Step | None:
+        """The engine's next step (None: it has no more), unless a cancel or the
+        deadline comes first: then the step is abandoned and Interrupted is raised. An
+        engine can take long over one step (a long prefill, a queue inside the engine,
+        a stalled device), and the job must not hold its slot and its caller that long."""
+        step = asyncio.ensure_future(anext(steps, None))
+        cancelled = asyncio.ensure_future(self._cancelled.wait())
+        left = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+        try:
+            await asyncio.wait({step, cancelled}, timeout=left,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancelled.cancel()
+        if step.done():
+            return step.result()
+        step.cancel()  # ends the engine's generator: its own cleanup runs
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await step
+        raise Interrupted(self.check() or OrchError("DEADLINE_EXCEEDED", "job deadline exceeded"))
+
+
+class Interrupted(Exception):
+    """A step abandoned for a cancel or the deadline; `error` is what the job ends with."""
+
+    def __init__(self, error: OrchError):
+        super().__init__(error.message)
+        self.error = error
 
 
 @dataclass
@@ -199,7 +231,7 @@ class _Choice:
         if error is None:
             try:
                 async with aclosing(self.engine.generate(self.prompt, self.cfg)) as steps:
-                    async for step in steps:
+                    while (step := await self.control.next_step(steps)) is not None:
                         if error := self.control.check():
                             break
                         if step.eos:
@@ -216,6 +248,8 @@ class _Choice:
                             yield self._tokens(delta)
                         if len(self.token_ids) >= self.budget:
                             break
+            except Interrupted as stop:  # cancelled, or past the deadline, mid-step
+                error = stop.error
             except Exception as exc:  # noqa: BLE001 - an engine failure ends this job only
                 error = OrchError("ENGINE_ERROR", f"engine failed: {' '.join(str(exc).split())}")
         if error is not None:

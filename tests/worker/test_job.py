@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
 from common.errors import OrchError, code_name
@@ -9,6 +12,7 @@ from llama_orch.v1 import common_pb2, worker_pb2
 from worker.engines.base import Engine, Step
 from worker.job import Control, execute, sampling_configs, token_budget
 
+HANG_GUARD_S = 30  # only against a hang; nothing asserts on timing
 VOCAB = ["<eos>", "\u2581a", "\u2581b", "\u2581c", "\u2581d", "\u2581e"]
 EOS = 0
 
@@ -146,6 +150,36 @@ async def test_cancel_is_seen_at_the_next_token():
         if event.HasField("tokens"):
             control.cancel()
     assert shape(events) == ["started", "tokens0", "error CANCELLED"]
+
+
+class StalledEngine(ScriptedEngine):
+    """Its first step never comes (a long prefill, a queue inside the engine, a stalled
+    device) until `release` is set."""
+
+    def __init__(self):
+        super().__init__([1, 2])
+        self.release = asyncio.Event()
+
+    async def generate(self, prompt_ids, sampling):
+        try:
+            await self.release.wait()
+            yield Step(1)
+        finally:
+            self.closed += 1
+
+
+@pytest.mark.parametrize("how", ["cancel", "deadline"])
+async def test_a_cancel_or_the_deadline_ends_a_job_whose_engine_is_stuck_in_a_step(how):
+    # Both were looked at only when a step came: a stalled engine held the job's slot
+    # and its caller for as long as the step took (for good, if it never came).
+    engine = StalledEngine()
+    control = Control("j", deadline=time.monotonic() + 0.05 if how == "deadline" else None)
+    if how == "cancel":
+        asyncio.get_running_loop().call_later(0.05, control.cancel)
+    events = await asyncio.wait_for(run(engine, req(max_tokens=3), control), HANG_GUARD_S)
+    code = "CANCELLED" if how == "cancel" else "DEADLINE_EXCEEDED"
+    assert shape(events) == ["started", f"error {code}"]
+    assert engine.closed == 1  # the engine's generator was closed, its cleanup ran
 
 
 @pytest.mark.parametrize("request_,code", [
