@@ -42,11 +42,15 @@ class Control:
     job_id: str
     deadline: float | None = None  # time.monotonic() value
     cancel_reason: str = ""
-    _cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    # The job's task while it awaits an engine step: a cancel interrupts that await.
+    _waiting: asyncio.Task | None = None
+    _interrupting: bool = False
 
     def cancel(self, reason: str = "job cancelled") -> None:
         self.cancel_reason = self.cancel_reason or reason
-        self._cancelled.set()
+        if self._waiting is not None and not self._interrupting:
+            self._interrupting = True
+            self._waiting.cancel()
 
     def check(self) -> OrchError | None:
         if self.cancel_reason:
@@ -57,23 +61,31 @@ class Control:
 
     async def next_step(self, steps: AsyncIterator[Step]) -> Step | None:
         """The engine's next step (None: it has no more), unless a cancel or the
-        deadline comes first: then the step is abandoned and Interrupted is raised. An
-        engine can take long over one step (a long prefill, a queue inside the engine,
-        a stalled device), and the job must not hold its slot and its caller that long."""
-        step = asyncio.ensure_future(anext(steps, None))
-        cancelled = asyncio.ensure_future(self._cancelled.wait())
-        left = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+        deadline comes first: then the step is abandoned (the engine's generator is
+        closed where it waits) and Interrupted is raised. An engine can take long over
+        one step (a long prefill, a queue inside the engine, a stalled device), and the
+        job must not hold its slot and its caller that long.
+
+        Cheap per step (a timer, no task): the await is interrupted by cancelling this
+        task, and only while it is in the await, never while it sends an event."""
+        if error := self.check():
+            raise Interrupted(error)
+        loop = asyncio.get_running_loop()
+        when = None if self.deadline is None else loop.time() + self.deadline - time.monotonic()
+        self._waiting = asyncio.current_task()
         try:
-            await asyncio.wait({step, cancelled}, timeout=left,
-                               return_when=asyncio.FIRST_COMPLETED)
+            async with asyncio.timeout_at(when):
+                return await anext(steps, None)
+        except TimeoutError:
+            raise Interrupted(OrchError("DEADLINE_EXCEEDED", "job deadline exceeded")) from None
+        except asyncio.CancelledError:
+            # Ours (a cancel) unless the task is also being cancelled from outside
+            # (the caller went away, shutdown): then that goes on.
+            if self._interrupting and self._waiting.uncancel() == 0:
+                raise Interrupted(OrchError("CANCELLED", self.cancel_reason)) from None
+            raise
         finally:
-            cancelled.cancel()
-        if step.done():
-            return step.result()
-        step.cancel()  # ends the engine's generator: its own cleanup runs
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await step
-        raise Interrupted(self.check() or OrchError("DEADLINE_EXCEEDED", "job deadline exceeded"))
+            self._waiting = None
 
 
 class Interrupted(Exception):

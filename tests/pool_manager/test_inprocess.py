@@ -130,19 +130,21 @@ async def test_the_crash_fault_ends_only_its_worker_with_status_13(pool):
     assert list(pool.supervisor.workers) == ["w-ok"]
 
 
-async def test_a_hung_worker_hangs_alone_and_a_stop_forces_it_after_the_grace(pool):
+async def test_a_hung_engine_hangs_its_worker_alone_and_a_stop_ends_its_job(pool):
     for name, options in (("w-fine", {}), ("w-hang", {"hang_after_tokens": "3"})):
         await pool.start(name, **options)
     fine, hang = await pool.ready("w-fine"), await pool.ready("w-hang")
     hung = asyncio.ensure_future(execute(hang.worker.endpoint, "j-hang", max_tokens=0))
     served = await execute(fine.worker.endpoint, "j-fine")  # while the other one hangs
     assert not hung.done()
-    await pool.supervisor.stop("w-hang", grace_s=0.3)
+    await pool.supervisor.stop("w-hang", grace_s=5)
     report = await asyncio.wait_for(pool.exited("w-hang"), TIMEOUT_S)
-    with pytest.raises(grpc.aio.AioRpcError):
-        await asyncio.wait_for(hung, TIMEOUT_S)
+    # The stop's cancel reaches the job inside the engine's stuck step (worker/job.py),
+    # so the worker ends its job and exits within the grace; no kill is needed.
+    events = await asyncio.wait_for(hung, TIMEOUT_S)
+    assert code_name(events[-1].error.code) == "CANCELLED"
     assert served[-1].HasField("end")
-    assert (report.signal, report.signal_name, report.expected) == (9, "SIGKILL", True)
+    assert report.expected and not report.HasField("signal")
 
 
 @pytest.mark.parametrize("engine,in_process,expect_in_process", [
