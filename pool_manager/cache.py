@@ -21,13 +21,16 @@ Contract:
   least recently used models not in use are evicted until the new one fits; if it cannot
   fit even then, nothing is evicted or downloaded (CACHE_BUDGET_EXCEEDED).
 - Every folder handed out, and everything in it, resolves inside root.
-- One writer: the index changes only under a file lock on root, in a worker thread.
-  The in-use set is this process's; processes sharing a root do not see each other's.
+- One writer: the index changes only under a file lock on root, in the cache's own
+  thread. Cache work waiting for it queues there, never in the default executor, which
+  heartbeats need (a download can take hours). The in-use set is this process's;
+  processes sharing a root do not see each other's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -37,6 +40,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
@@ -83,6 +87,9 @@ class ModelCache:
                          or "https://huggingface.co").rstrip("/")
         self._hub = self.root / "hub"
         self._in_use: Counter[str] = Counter()
+        # One thread: locked work is serial anyway, and waiting for it must hold no
+        # thread of the default executor.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-cache")
 
     def acquire(self, ref: str) -> None:
         """Mark in use (counted). Pass the pinned ref: a branch ref protects only what the
@@ -103,14 +110,18 @@ class ModelCache:
 
     async def evict(self, ref: str) -> bool:
         """Remove a model's files; False if it was not cached. MODEL_PINNED if in use."""
-        return await asyncio.to_thread(self._locked, self._evict, parse(ref))
+        return await self._in_writer(self._evict, parse(ref))
 
     async def ensure(self, ref: str, progress: Progress | None = None) -> CachedModel:
         """The model on local disk, fetched if needed; see the module contract."""
         r = parse(ref)
         if r.kind == "file":
             return await asyncio.to_thread(_local, r, progress)
-        return await asyncio.to_thread(self._locked, self._ensure, r, progress)
+        return await self._in_writer(self._ensure, r, progress)
+
+    async def _in_writer(self, fn, *args):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, functools.partial(self._locked, fn, *args))
 
     def _locked(self, fn, *args):
         self._hub.mkdir(parents=True, exist_ok=True)

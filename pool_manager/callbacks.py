@@ -26,6 +26,10 @@ class CallbackServicer(worker_callback_pb2_grpc.WorkerCallbackServiceServicer):
             slots=request.slots or 1, engine_version=request.engine_version,
             model_digest=request.model_digest)
         wp.info = info
+        if wp.stopping:
+            # Told to stop before it was ready: the orchestrator must not send it jobs.
+            # Its exit follows; the record above is only for the pool's own view.
+            return worker_callback_pb2.ReportReadyResponse()
         self.send(pool_link_pb2.ConnectRequest(worker_ready=pool_link_pb2.WorkerReady(
             worker=info, context_length=request.context_length, load_ms=request.load_ms)))
         return worker_callback_pb2.ReportReadyResponse()

@@ -18,6 +18,7 @@ import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from common import log
 from common.config import DeviceConfig
 from llama_orch.v1 import common_pb2
 
@@ -95,12 +96,19 @@ class Nvml:
             return []
         out = []
         for i in range(nv.nvmlDeviceGetCount()):
-            h = nv.nvmlDeviceGetHandleByIndex(i)
-            mem = nv.nvmlDeviceGetMemoryInfo(h)
-            dev = common_pb2.Device(
-                id=_text(nv.nvmlDeviceGetUUID(h)), index=i, kind=common_pb2.DEVICE_KIND_GPU,
-                name=_text(nv.nvmlDeviceGetName(h)), memory_total_bytes=mem.total,
-                memory_used_bytes=mem.used, memory_free_bytes=mem.free)
+            try:
+                h = nv.nvmlDeviceGetHandleByIndex(i)
+                mem = nv.nvmlDeviceGetMemoryInfo(h)
+                dev = common_pb2.Device(
+                    id=_text(nv.nvmlDeviceGetUUID(h)), index=i, kind=common_pb2.DEVICE_KIND_GPU,
+                    name=_text(nv.nvmlDeviceGetName(h)), memory_total_bytes=mem.total,
+                    memory_used_bytes=mem.used, memory_free_bytes=mem.free)
+            except nv.NVMLError as exc:
+                # A GPU fallen off the bus (or lost to an Xid error) is left out; the
+                # others are still reported, and the orchestrator sees it gone.
+                log.emit("pool_manager", "pool.gpu_unreadable", f"GPU {i}: {exc}",
+                         level="warning", index=i)
+                continue
             try:
                 util = nv.nvmlDeviceGetUtilizationRates(h)
                 dev.utilization_percent = float(util.gpu)

@@ -6,6 +6,16 @@ here: running Python between fork and exec in a process with gRPC threads crashe
 child with SIGSEGV/SIGABRT now and then.) On exit the supervisor reports the exit
 code or signal and the last lines of stderr.
 
+Each worker leads its own session and process group (start_new_session), so the
+processes it starts (a tensor-parallel rank, a compile helper) are signalled with it:
+a stop signals the group, and once the worker has exited what is left of its group is
+killed, since it may hold the worker's GPU memory. A terminal's Ctrl-C therefore no
+longer reaches workers directly; the pool manager stops them on shutdown (stop_all).
+
+A worker's exit is reported as soon as the process has exited, even while one of its
+children still holds stderr open; stderr is read in chunks, so a line of any length
+is kept (cut to MAX_LINE_BYTES) and never stops the reading.
+
 The one exception, for scale tests only: with `sim_in_process`, a worker whose engine
 is `sim` runs as a task in this process (pool_manager.inprocess), from the same command
 line. Either way `WorkerProcess.proc` is a `Proc`: the supervisor stops, reaps and
@@ -20,7 +30,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -30,6 +40,14 @@ from pool_manager.inprocess import InProcessWorker
 from pool_manager.leftovers import Ledger
 
 STDERR_TAIL_LINES = 20
+MAX_LINE_BYTES = 8192  # a longer stderr line is kept cut to this (workers log short JSON lines)
+_READ_BYTES = 65536
+# After the worker exited: how long what its pipe still holds is read before giving up
+# (a child that left its process group may hold stderr open for good).
+STDERR_DRAIN_S = 1.0
+# asyncio's wait() returns only once the worker's pipes are closed too; its exit status
+# is looked at this often meanwhile, so a child holding stderr does not delay the report.
+EXIT_POLL_S = 0.2
 IN_PROCESS = "in-process (simulated)"
 
 
@@ -39,7 +57,7 @@ class Proc(Protocol):
 
     pid: int
     returncode: int | None  # negative: ended by that signal
-    stderr: AsyncIterable[bytes] | None  # lines; ends when the worker does
+    stderr: asyncio.StreamReader | None  # read() gives b"" once the worker's stderr closed
 
     async def wait(self) -> int: ...
     def send_signal(self, sig: int) -> None: ...
@@ -115,7 +133,8 @@ class Supervisor:
             env["PYTHONUNBUFFERED"] = "1"
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "worker", *args, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+                start_new_session=True)
             if self.ledger is not None:
                 self.ledger.record(cmd.worker_id, proc.pid)
         wp = WorkerProcess(cmd.worker_id, cmd.model_ref, cmd.engine, tuple(cmd.device_ids), proc,
@@ -125,20 +144,55 @@ class Supervisor:
         return wp
 
     async def _watch(self, wp: WorkerProcess) -> None:
+        reader = asyncio.create_task(self._read_stderr(wp))
+        code = None
+        try:
+            code = await self._exit_status(wp)
+            if not wp.in_process:
+                _signal_group(wp.proc.pid, signal.SIGKILL)  # its helpers go with it
+            await asyncio.wait({reader}, timeout=STDERR_DRAIN_S)  # what the pipe still holds
+        finally:
+            # Whatever went wrong above, the worker is forgotten and its exit reported.
+            reader.cancel()
+            self.workers.pop(wp.worker_id, None)
+            if self.ledger is not None and not wp.in_process:
+                self.ledger.forget(wp.worker_id)
+            if code is not None:
+                self._report_exit(wp, code)
+
+    async def _exit_status(self, wp: WorkerProcess) -> int:
+        if wp.in_process:
+            return await wp.proc.wait()  # no pipes to wait for
+        waiting = asyncio.ensure_future(wp.proc.wait())
+        try:
+            while wp.proc.returncode is None:
+                await asyncio.wait({waiting}, timeout=EXIT_POLL_S)
+            return wp.proc.returncode
+        finally:
+            waiting.cancel()
+
+    async def _read_stderr(self, wp: WorkerProcess) -> None:
         assert wp.proc.stderr is not None
-        async for raw in wp.proc.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            wp.stderr_tail.append(line)
-            sys.stderr.write(line + "\n")  # workers log JSON lines; pass them through
-        code = await wp.proc.wait()
-        self.workers.pop(wp.worker_id, None)
-        if self.ledger is not None and not wp.in_process:
-            self.ledger.forget(wp.worker_id)
+        lines = LineSplitter(MAX_LINE_BYTES)
+        try:
+            while chunk := await wp.proc.stderr.read(_READ_BYTES):
+                for raw in lines.feed(chunk):
+                    self._stderr_line(wp, raw)
+        finally:
+            for raw in lines.close():
+                self._stderr_line(wp, raw)
+
+    def _stderr_line(self, wp: WorkerProcess, raw: bytes) -> None:
+        line = raw.decode(errors="replace").rstrip()
+        wp.stderr_tail.append(line)
+        sys.stderr.write(line + "\n")  # workers log JSON lines; pass them through
+
+    def _report_exit(self, wp: WorkerProcess, code: int) -> None:
         report = pool_link_pb2.WorkerExited(worker_id=wp.worker_id, expected=wp.stopping,
                                             stderr_tail="\n".join(wp.stderr_tail))
         if code < 0:
             report.signal = -code
-            report.signal_name = signal.Signals(-code).name
+            report.signal_name = signal_name(-code)
         else:
             report.exit_code = code
         if wp.reported_error is not None:
@@ -156,13 +210,78 @@ class Supervisor:
             return False
         wp.stopping = True
         if wp.proc.returncode is None:
-            wp.proc.send_signal(signal.SIGKILL if force else signal.SIGTERM)
+            self._signal(wp, signal.SIGKILL if force else signal.SIGTERM)
             try:
-                await asyncio.wait_for(wp.proc.wait(), grace_s if grace_s is not None else self.grace_s)
+                await asyncio.wait_for(self._exit_status(wp),
+                                       grace_s if grace_s is not None else self.grace_s)
             except asyncio.TimeoutError:
-                wp.proc.kill()
-                await wp.proc.wait()
+                self._signal(wp, signal.SIGKILL)
+                await self._exit_status(wp)
         return True
+
+    def _signal(self, wp: WorkerProcess, sig: int) -> None:
+        if wp.in_process:  # its pid and group are this process's own
+            wp.proc.send_signal(sig)
+        else:
+            _signal_group(wp.proc.pid, sig)
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(w) for w in list(self.workers)), return_exceptions=True)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    # A worker's pgid is its pid (start_new_session). The kernel does not reuse that id
+    # while any process of the group is alive, so this reaches only the worker and what
+    # it started, also just after the worker itself was reaped.
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass  # the whole group is gone already
+
+
+def signal_name(signum: int) -> str:
+    """"SIGKILL"; real-time signals, which `signal.Signals` does not name, as
+    "SIGRTMIN+2"; anything else as "signal N"."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        if signal.SIGRTMIN <= signum <= signal.SIGRTMAX:
+            return f"SIGRTMIN+{signum - signal.SIGRTMIN}"
+        return f"signal {signum}"
+
+
+class LineSplitter:
+    """Chunks of a byte stream in, its lines out (without the newline). A line longer
+    than `limit` bytes comes out cut to `limit` with CUT_MARK after it, and the rest of
+    it is dropped, so one huge line costs no more memory than a short one."""
+
+    CUT_MARK = b" [...cut]"
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._line = b""
+        self._cut = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        *ended, rest = data.split(b"\n")
+        out = []
+        for part in ended:
+            self._add(part)
+            out.append(self._take())
+        self._add(rest)
+        return out
+
+    def close(self) -> list[bytes]:
+        """The last line, when the stream did not end with a newline."""
+        return [self._take()] if self._line or self._cut else []
+
+    def _add(self, part: bytes) -> None:
+        room = self.limit - len(self._line)
+        if len(part) > room:
+            self._cut = True
+        self._line += part[:room]
+
+    def _take(self) -> bytes:
+        line = self._line + (self.CUT_MARK if self._cut else b"")
+        self._line, self._cut = b"", False
+        return line

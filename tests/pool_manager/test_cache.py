@@ -315,3 +315,21 @@ def test_the_fetch_command_prints_path_and_pinned_ref_or_one_error_line(tmp_path
         bad = fetch(ref)
         assert bad.returncode == 2 and bad.stdout == ""
         assert bad.stderr.strip().splitlines()[-1].startswith(f"fetch: {code}: ")
+
+
+async def test_cache_work_waiting_for_its_turn_holds_no_thread_heartbeats_need(tmp_path, monkeypatch):
+    # Queued starts each wait for the cache while one download runs; heartbeats take
+    # inventory with asyncio.to_thread, on the default executor, and must not wait too.
+    import asyncio
+    import threading
+    downloading = threading.Event()
+    monkeypatch.setattr(ModelCache, "_ensure", lambda self, r, progress: downloading.wait(10))
+    cache = ModelCache(tmp_path / "models")
+    default_threads = min(32, (os.cpu_count() or 1) + 4)
+    fetches = [asyncio.create_task(cache.ensure(f"hf:acme/m{i}")) for i in range(default_threads + 1)]
+    try:
+        await asyncio.sleep(0.2)
+        await asyncio.wait_for(asyncio.to_thread(lambda: None), 2)  # a heartbeat's inventory
+    finally:
+        downloading.set()
+        await asyncio.gather(*fetches)

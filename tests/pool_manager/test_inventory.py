@@ -64,3 +64,43 @@ def test_a_full_simulated_device_reports_no_free_memory_not_a_negative_one():
     [dev] = inventory.simulated([DeviceConfig(id="sim-0", memory_bytes=1 << 30)],
                                 [inventory.Held("sim-0", 2 << 30, 7)])
     assert (dev.memory_used_bytes, dev.memory_free_bytes) == (2 << 30, 0)
+
+
+class FakeNvmlLib:
+    """pynvml's surface as Nvml.gpus uses it, with GPU 1 fallen off the bus."""
+
+    class NVMLError(Exception):
+        pass
+
+    NVML_TEMPERATURE_GPU = 0
+
+    def nvmlDeviceGetCount(self):
+        return 3
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        if h == 1:
+            raise self.NVMLError("GPU is lost")
+        return SimpleNamespace(total=80 << 30, used=1 << 30, free=79 << 30)
+
+    def nvmlDeviceGetUUID(self, h):
+        return f"GPU-{h}".encode()
+
+    def nvmlDeviceGetName(self, h):
+        return b"H100"
+
+    def nvmlDeviceGetUtilizationRates(self, h):
+        return SimpleNamespace(gpu=5)
+
+    def nvmlDeviceGetTemperature(self, h, sensor):
+        return 40
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h):
+        return []
+
+
+def test_a_gpu_nvml_cannot_read_is_left_out_and_the_others_are_listed():
+    gpus = inventory.Nvml("ok", FakeNvmlLib()).gpus()
+    assert [(d.id, d.index) for d in gpus] == [("GPU-0", 0), ("GPU-2", 2)]
