@@ -4,6 +4,7 @@ awaited, streams iterated with `async for`."""
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 from llama_orch_sdk import (
@@ -19,9 +20,9 @@ pytestmark = pytest.mark.e2e
 
 CHAT = [{"role": "user", "content": "tell me a story about a fox"}]
 STORY = "The Lion and the Mouse."
-# With this seed the tiny model writes all 400 tokens (no early end of text), so a cancel
-# always lands mid-job.
-LONG = {"max_tokens": 400, "temperature": 1.0, "seed": 20}
+# Greedy, the tiny model writes all 400 tokens of CHAT (no early end of text) whatever
+# the sampler's random generator, so a cancel always lands mid-job.
+LONG = {"max_tokens": 400, "temperature": 0}
 
 
 @pytest.fixture
@@ -90,6 +91,61 @@ async def test_cancel_makes_a_streaming_chat_raise_cancelled(aclient):
         async for _ in stream:
             pass
     assert err.value.code == "CANCELLED"
+
+
+async def settled(aclient, job_id: str, timeout: float = 60.0):
+    """The job's record once it is done (or after `timeout` seconds, as it is)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (job := await aclient.jobs.get(job_id)).done and loop.time() < deadline:
+        await asyncio.sleep(0.1)
+    return job
+
+
+async def test_closing_a_stream_inside_its_loop_ends_the_loop_quietly(aclient):
+    stream = await aclient.jobs.generate(model="tiny", messages=CHAT, **LONG)
+    seen = []
+    async for event in stream:  # must not raise asyncio.CancelledError
+        seen.append(event)
+        if len(seen) == 3:
+            await stream.close()
+    assert len(seen) == 3
+    assert (await settled(aclient, seen[0].job_id)).status == "cancelled"
+
+
+async def test_closing_a_stream_from_another_task_ends_its_reader_quietly(aclient):
+    async def read_to_the_end(stream):
+        async for _ in stream:
+            pass
+
+    # A watch no fact matches: its reader waits in a read until something ends it.
+    stream = await aclient.facts.watch(job_id="job-doesnotexist")
+    reader = asyncio.create_task(read_to_the_end(stream))
+    await asyncio.sleep(0.2)
+    await stream.close()  # cancels the call under the pending read
+    await asyncio.wait_for(reader, 10)  # ends, neither raising nor hanging
+    # Cancelling the reading task itself is still a cancellation, not an end.
+    stream = await aclient.facts.watch(job_id="job-doesnotexist")
+    reader = asyncio.create_task(read_to_the_end(stream))
+    await asyncio.sleep(0.2)
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    await stream.close()
+
+
+async def test_dropping_a_stream_without_close_cancels_its_job_at_once(aclient):
+    gc.disable()  # see test_native: reference counting alone must end the job
+    try:
+        stream = await aclient.chat.completions.create(model="tiny", messages=CHAT,
+                                                       stream=True, **LONG)
+        async for chunk in stream:
+            break
+        del stream
+        job = await settled(aclient, chunk.id.removeprefix("chatcmpl-"))
+    finally:
+        gc.enable()
+    assert job.status == "cancelled"
 
 
 async def test_watch_facts(aclient):

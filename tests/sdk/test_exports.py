@@ -4,6 +4,7 @@ makes before sending anything."""
 
 from __future__ import annotations
 
+import inspect
 import re
 import tomllib
 import types
@@ -95,6 +96,13 @@ def rpc_error(status: grpc.StatusCode, reason: str = "", param: str = "",
     return FakeRpcError(status, "why", [("grpc-status-details-bin", details.SerializeToString())])
 
 
+def malformed_error_info(status: grpc.StatusCode) -> FakeRpcError:
+    """A status whose ErrorInfo detail does not decode."""
+    details = status_pb2.Status(code=status.value[0], message="why")
+    details.details.add(type_url="type.googleapis.com/google.rpc.ErrorInfo", value=b"\xff\xff")
+    return FakeRpcError(status, "why", [("grpc-status-details-bin", details.SerializeToString())])
+
+
 S = grpc.StatusCode
 
 
@@ -121,6 +129,8 @@ S = grpc.StatusCode
     pytest.param(rpc_error(S.UNAVAILABLE), errors.UnavailableError, "UNAVAILABLE", "",
                  id="connection-refused"),
     pytest.param(rpc_error(S.DATA_LOSS), errors.ServerError, "INTERNAL", "", id="other-status"),
+    pytest.param(malformed_error_info(S.NOT_FOUND), errors.NotFoundError, "NOT_FOUND", "",
+                 id="malformed-error-info-skipped"),
 ])
 def test_failed_calls_become_typed_errors(err, cls, code, param):
     typed = errors.from_rpc_error(err)
@@ -177,6 +187,47 @@ def test_every_stable_code_is_placed_in_the_tree():
                  id="from-seq-zero"),
     pytest.param(lambda c: c.facts.watch(kinds=["job.exploded"]), "INVALID_ARGUMENT", "kinds",
                  id="unknown-fact-code"),
+    pytest.param(lambda c: c.completions.create(model="tiny", prompt="x", echo=0),
+                 "UNSUPPORTED_PARAMETER", "echo", id="unsupported-with-a-falsy-value"),
+    pytest.param(lambda c: c.completions.create(model="tiny", prompt="x", logprobs=True),
+                 "INVALID_ARGUMENT", "logprobs", id="legacy-logprobs-is-a-count"),
+    pytest.param(lambda c: c.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": [{"type": "text"}]}]),
+                 "INVALID_ARGUMENT", "messages[0].content", id="text-part-without-text"),
+    # Wrong types: protobuf would raise a raw TypeError/ValueError, or coerce them.
+    *[pytest.param(call, "INVALID_ARGUMENT", param, id=name) for name, call, param in [
+        ("message-name", lambda c: c.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "x", "name": 5}]),
+         "messages[0].name"),
+        ("stop-int", lambda c: c.chat.completions.create(model="tiny", messages=[], stop=5),
+         "stop"),
+        ("stream-options-list", lambda c: c.chat.completions.create(
+            model="tiny", messages=[], stream=True, stream_options=["include_usage"]),
+         "stream_options"),
+        ("user-int", lambda c: c.chat.completions.create(model="tiny", messages=[], user=5),
+         "user"),
+        ("idempotency-key-int", lambda c: c.chat.completions.create(
+            model="tiny", messages=[], idempotency_key=5), "idempotency_key"),
+        ("detach-str", lambda c: c.chat.completions.create(model="tiny", messages=[],
+                                                           detach="no"), "detach"),
+        ("get-none", lambda c: c.jobs.get(None), "job_id"),
+        ("cancel-int", lambda c: c.jobs.cancel(5), "job_id"),
+        ("stream-none", lambda c: c.jobs.stream(None), "job_id"),
+        ("retrieve-none", lambda c: c.models.retrieve(None), "model"),
+        ("page-size-negative", lambda c: c.jobs.list(page_size=-1), "page_size"),
+        ("page-size-str", lambda c: c.jobs.list(page_size="10"), "page_size"),
+        ("deadline-negative", lambda c: c.jobs.submit(model="tiny", prompt="x", deadline_ms=-5),
+         "deadline_ms"),
+        ("deadline-str", lambda c: c.jobs.submit(model="tiny", prompt="x", deadline_ms="5"),
+         "deadline_ms"),
+        ("keep-output-str", lambda c: c.jobs.submit(model="tiny", prompt="x",
+                                                    keep_output="yes"), "keep_output"),
+        ("after-id-negative", lambda c: c.facts.watch(after_id=-1), "after_id"),
+        ("watch-job-id-int", lambda c: c.facts.watch(job_id=5), "job_id"),
+        ("kinds-none", lambda c: c.facts.watch(kinds=None), "kinds"),
+        ("credit-str", lambda c: c.admin.add_credit("t-1", "5"), "tokens"),
+        ("device-ids-str", lambda c: c.admin.pin_model("tiny", device_ids="gpu0"), "device_ids"),
+    ]],
 ])
 def test_the_sdk_refuses_what_it_cannot_send(call, code, param):
     with llama_orch_sdk.LlamaOrch("127.0.0.1:1") as client, \
@@ -188,7 +239,10 @@ def test_the_sdk_refuses_what_it_cannot_send(call, code, param):
 def test_no_op_values_of_unsupported_parameters_are_accepted():
     from llama_orch_sdk.resources import _spec
     _spec.refuse_unsupported({"tools": None, "tool_choice": "none", "logit_bias": {},
-                              "response_format": {"type": "text"}, "echo": False})
+                              "response_format": {"type": "text"}, "store": False},
+                             _spec.CHAT_UNSUPPORTED)
+    _spec.refuse_unsupported({"echo": False, "best_of": 1, "suffix": None},
+                             _spec.TEXT_UNSUPPORTED)
     chat = _spec.chat([{"role": "developer", "content": [{"type": "text", "text": "a"},
                                                          {"type": "text", "text": "b"}]}])
     assert (chat.messages[0].role, chat.messages[0].content) == ("system", "ab")
@@ -211,3 +265,67 @@ def test_address_and_api_key_come_from_the_environment(monkeypatch):
     with llama_orch_sdk.LlamaOrch(api_key="") as client:
         assert client.address == "127.0.0.1:9100"
         assert not client._transport.settings.metadata
+
+
+@pytest.mark.parametrize("call", [
+    pytest.param(lambda c: c.chat.completions.create(model="tiny", messages=[], temprature=0),
+                 id="typo-with-a-falsy-value"),
+    pytest.param(lambda c: c.chat.completions.create(model="tiny", messages=[], echo=False),
+                 id="a-completions-only-parameter"),
+    pytest.param(lambda c: c.completions.create(model="tiny", prompt="x", tools=None),
+                 id="a-chat-only-parameter"),
+])
+def test_a_parameter_openai_does_not_know_is_a_type_error(call):
+    # As openai's own create(): a misspelt name must not pass as an ignored one.
+    with llama_orch_sdk.LlamaOrch("127.0.0.1:1") as client, \
+            pytest.raises(TypeError, match="unexpected keyword argument"):
+        call(client)
+
+
+def test_metadata_is_a_dict_or_pairs_with_keys_sent_lower_case():
+    for metadata in ({"X-Correlation-Id": "abc"}, [("X-Correlation-Id", "abc")]):
+        with llama_orch_sdk.LlamaOrch("127.0.0.1:1", api_key="", metadata=metadata) as client:
+            assert client._transport.settings.metadata == (("x-correlation-id", "abc"),)
+
+
+@pytest.mark.parametrize("kwargs,param", [
+    pytest.param(dict(metadata=[("x-n", 5)]), "metadata", id="int-value"),
+    pytest.param(dict(metadata=["x-n"]), "metadata", id="not-a-pair"),
+    pytest.param(dict(metadata={"x-n": "a\nb"}), "metadata", id="newline-in-value"),
+    pytest.param(dict(metadata={"x n": "a"}), "metadata", id="space-in-key"),
+    pytest.param(dict(api_key="secret\n"), "api_key", id="newline-in-api-key"),
+])
+def test_metadata_grpc_cannot_send_is_refused_at_construction(kwargs, param):
+    # grpc would refuse it only at the first call, as an opaque INTERNAL error.
+    with pytest.raises(llama_orch_sdk.InvalidRequestError) as err:
+        llama_orch_sdk.LlamaOrch("127.0.0.1:1", **kwargs)
+    assert (err.value.code, err.value.param) == ("INVALID_ARGUMENT", param)
+
+
+class RecordingTransport:
+    """Stands in for SyncTransport under Admin: records each call's rpc and timeout."""
+
+    def __init__(self):
+        self.admin = self
+        self.calls = []
+
+    def __getattr__(self, rpc):
+        return rpc
+
+    def unary(self, method, request, then, *, timeout=None):
+        self.calls.append((method, timeout))
+
+
+def test_every_admin_call_takes_its_own_timeout():
+    from llama_orch_sdk.resources.admin import Admin
+    methods = [m for name, m in vars(Admin).items()
+               if callable(m) and not name.startswith("_")]
+    for method in methods:
+        param = inspect.signature(method).parameters.get("timeout")
+        assert param is not None and param.kind is param.KEYWORD_ONLY, method.__name__
+        assert param.default is None, method.__name__
+    transport = RecordingTransport()
+    admin = Admin(transport)
+    admin.start_worker("tiny", timeout=600)
+    admin.preload_model("tiny")
+    assert transport.calls == [("StartWorker", 600), ("PreloadModel", None)]

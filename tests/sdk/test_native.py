@@ -3,6 +3,8 @@ get, cancel, list, the fact stream and the admin wrappers."""
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 from llama_orch_sdk import (
     ConflictError,
@@ -14,9 +16,10 @@ from llama_orch_sdk import (
 pytestmark = pytest.mark.e2e
 
 STORY = "The Lion and the Mouse."
-# With this seed the tiny model writes all 400 tokens of STORY (no early end of text), so
-# a cancel always lands mid-job.
-LONG = {"max_tokens": 400, "temperature": 1.0, "seed": 20}
+CHAT = [{"role": "user", "content": "tell me a story about a fox"}]
+# Greedy, the tiny model writes all 400 tokens of CHAT (no early end of text) whatever
+# the sampler's random generator, so a cancel always lands mid-job.
+LONG = {"max_tokens": 400, "temperature": 0}
 
 
 def test_submit_returns_an_id_and_the_stream_tells_the_whole_job(client):
@@ -65,10 +68,25 @@ def test_a_detached_generation_resumes_after_a_disconnect(client, settled):
 
 
 def test_closing_an_attached_generation_cancels_its_job(client, settled):
-    stream = client.jobs.generate(model="tiny", prompt=STORY, **LONG)
+    stream = client.jobs.generate(model="tiny", messages=CHAT, **LONG)
     job_id = next(stream).job_id
     stream.close()
     assert settled(job_id).status == "cancelled"
+
+
+def test_dropping_a_stream_without_close_cancels_its_job_at_once(client, settled):
+    # gc off: only reference counting frees the stream, as when no collection happens
+    # to run; a stream that held itself in a reference cycle would leave the job running.
+    gc.disable()
+    try:
+        stream = client.jobs.generate(model="tiny", messages=CHAT, **LONG)
+        for event in stream:
+            break
+        del stream
+        job = settled(event.job_id)
+    finally:
+        gc.enable()
+    assert job.status == "cancelled"
 
 
 def test_an_idempotency_key_returns_the_same_job(client):
@@ -82,7 +100,7 @@ def test_an_idempotency_key_returns_the_same_job(client):
 
 
 def test_cancel_ends_a_running_job_and_keeps_a_finished_ones_outcome(client, settled):
-    job_id = client.jobs.submit(model="tiny", prompt=STORY, **LONG)
+    job_id = client.jobs.submit(model="tiny", messages=CHAT, **LONG)
     assert client.jobs.cancel(job_id).id == job_id
     job = settled(job_id)
     assert job.status == "cancelled" and job.error.code == "CANCELLED"

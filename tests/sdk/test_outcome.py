@@ -110,3 +110,20 @@ def test_a_whole_result_applies_a_divergence_and_a_stream_keeps_what_it_gave():
     streamed = "".join(c.choices[0].delta.content or "" for m in events
                        for c in chunks.feed(0, m) if c.choices)
     assert streamed == "Hi there youfolks"  # chunks only append (OpenAI's stream)
+
+
+def test_results_have_openais_optional_fields_as_none():
+    # Code written for `openai` reads these (`if message.tool_calls:`); llama-orch never
+    # fills them, so they are there and None.
+    answer = whole(CHAT, [job("job-a", "Hi")], model="m", n=1, logprobs=False)
+    message = answer.choices[0].message
+    assert (message.tool_calls, message.function_call, message.audio,
+            message.annotations) == (None, None, None, None)
+    assert answer.service_tier is None
+    assert (answer.usage.completion_tokens_details, answer.usage.prompt_tokens_details) == \
+        (None, None)
+    chunks = Chunks(CHAT, model="m", n=1, logprobs=False, include_usage=False)
+    first = next(c for m in job("job-a", "Hi") for c in chunks.feed(0, m))
+    delta = first.choices[0].delta
+    assert (delta.tool_calls, delta.function_call, delta.audio) == (None, None, None)
+    assert first.service_tier is None

@@ -10,6 +10,7 @@ import grpc
 from llama_orch_sdk._transport import (
     DEFAULT_TIMEOUT_S,
     AsyncTransport,
+    Metadata,
     Settings,
     SyncTransport,
     Transport,
@@ -54,7 +55,9 @@ class LlamaOrch(_Client):
     timeout: deadline in seconds for each unary call (lookups, submit, cancel, admin).
         Streams and generations have none unless their call passes `timeout`.
     credentials: grpc.ssl_channel_credentials(...) for TLS; plaintext without.
-    metadata: extra (key, value) pairs sent with every call, e.g. x-correlation-id.
+    metadata: extra metadata sent with every call, e.g. {"x-correlation-id": "abc"}: a
+        dict or a sequence of (key, value) pairs; keys are sent lower-case. Values that
+        gRPC cannot send raise InvalidRequestError here.
     channel_options: passed to grpc as channel arguments.
 
     Resources: chat.completions, completions and models (OpenAI-shaped); jobs, facts
@@ -64,7 +67,7 @@ class LlamaOrch(_Client):
     def __init__(self, address: str | None = None, api_key: str | None = None, *,
                  timeout: float | None = DEFAULT_TIMEOUT_S,
                  credentials: grpc.ChannelCredentials | None = None,
-                 metadata: Sequence[tuple[str, str]] = (),
+                 metadata: Metadata = (),
                  channel_options: Sequence[tuple[str, Any]] = ()):
         self._attach(SyncTransport(Settings(address, api_key, timeout=timeout,
                                             credentials=credentials, metadata=metadata,
@@ -92,7 +95,7 @@ class AsyncLlamaOrch(_Client):
     def __init__(self, address: str | None = None, api_key: str | None = None, *,
                  timeout: float | None = DEFAULT_TIMEOUT_S,
                  credentials: grpc.ChannelCredentials | None = None,
-                 metadata: Sequence[tuple[str, str]] = (),
+                 metadata: Metadata = (),
                  channel_options: Sequence[tuple[str, Any]] = ()):
         self._attach(AsyncTransport(Settings(address, api_key, timeout=timeout,
                                              credentials=credentials, metadata=metadata,

@@ -13,8 +13,11 @@ all start at once (a list of prompts runs concurrently) and are read in order.
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+import re
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
@@ -53,60 +56,120 @@ class Each(Generic[T]):
         return ()
 
 
+Metadata = Mapping[str, str | bytes] | Sequence[tuple[str, str | bytes]]
+
+
+def metadata_pairs(metadata: Metadata, api_key: str) -> tuple[tuple[str, str | bytes], ...]:
+    """The pairs every call sends, checked now: grpc would refuse a bad one only when a
+    call is made, as an opaque INTERNAL "Invalid metadata". Keys are lower-cased (gRPC
+    keys are case-insensitive, and HTTP/2 sends them lower-case)."""
+    items = metadata.items() if isinstance(metadata, Mapping) else metadata
+    pairs = []
+    for pair in items:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2
+                and isinstance(pair[0], str) and _valid(pair[0].lower(), pair[1])):
+            raise errors.InvalidRequestError(
+                "INVALID_ARGUMENT", f"metadata must be (key, value) strings, got {pair!r}",
+                param="metadata")
+        pairs.append((pair[0].lower(), pair[1]))
+    if api_key:
+        if not _valid("authorization", api_key):
+            raise errors.InvalidRequestError(
+                "INVALID_ARGUMENT", "api_key must be printable ASCII", param="api_key")
+        pairs.append(("authorization", f"Bearer {api_key}"))
+    return tuple(pairs)
+
+
+def _valid(key: str, value: Any) -> bool:
+    if not re.fullmatch(r"[0-9a-z_.-]+", key):
+        return False
+    if key.endswith("-bin"):  # binary metadata: any bytes
+        return isinstance(value, bytes)
+    return isinstance(value, str) and value.isascii() and value.isprintable()
+
+
 class Settings:
     """What every call carries: where to, credentials, metadata and the unary deadline."""
 
     def __init__(self, address: str | None, api_key: str | None, *, timeout: float | None,
-                 credentials: grpc.ChannelCredentials | None,
-                 metadata: Sequence[tuple[str, str]], channel_options: Sequence[tuple[str, Any]]):
+                 credentials: grpc.ChannelCredentials | None, metadata: Metadata,
+                 channel_options: Sequence[tuple[str, Any]]):
         self.address = address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
-        pairs = list(metadata)
-        if key:
-            pairs.append(("authorization", f"Bearer {key}"))
-        self.metadata = tuple(pairs)
+        self.metadata = metadata_pairs(metadata, key)
         self.timeout = timeout
         self.credentials = credentials
         self.channel_options = tuple(channel_options)
 
 
+class _Calls:
+    """The calls of one stream, their primed first messages, and whether it was closed.
+    A stream's item generator and its finalizer hold this, never the stream itself: a
+    generator holding the stream would be a reference cycle, and a stream dropped
+    mid-way (a `break` without close) would then cancel its job only when the cyclic
+    GC ran, not at once."""
+
+    def __init__(self, calls: list[Any]):
+        self.calls = calls
+        self.firsts: list[Any] = []
+        self.closed = False
+
+    def first(self, index: int) -> Any:
+        return self.firsts[index] if index < len(self.firsts) else None
+
+    def cancel(self) -> None:
+        self.closed = True
+        for call in self.calls:
+            call.cancel()  # a no-op for a finished call
+
+
+def _finalizer(stream: object, state: _Calls) -> weakref.finalize:
+    """Cancel the calls once `stream` is gone (or when this is called, by close()).
+    Not at interpreter exit: the process ending ends the calls, and an asyncio one's
+    loop may be closed by then."""
+    cancel = weakref.finalize(stream, state.cancel)
+    cancel.atexit = False
+    return cancel
+
+
 # ---- sync ----------------------------------------------------------------------------
+
+
+def _items(state: _Calls, renderer: Renderer[T]) -> Iterator[T]:
+    try:
+        for index, call in enumerate(state.calls):
+            first = state.first(index)
+            if first is not None and not state.closed:
+                yield from renderer.feed(index, first)
+            for message in call:
+                yield from renderer.feed(index, message)
+        yield from renderer.finish()
+    except grpc.RpcError as err:
+        if not state.closed:  # close() cancels the calls: that is the end, not a failure
+            raise errors.from_rpc_error(err) from None
+    finally:
+        state.cancel()
 
 
 class Stream(Generic[T]):
     """The items of a streaming call; iterate it. `close()` (or leaving a `with` block)
-    ends the call early; for a generation that cancels the job unless it was detached.
-    A failure mid-stream raises its typed LlamaOrchError from the iteration."""
+    ends the call early, and so does dropping the stream; for a generation that cancels
+    the job unless it was detached. A failure mid-stream raises its typed
+    LlamaOrchError from the iteration."""
 
     def __init__(self, calls: list[Any], renderer: Renderer[T]):
-        self._calls = calls
-        self._firsts: list[Any] = []
-        self._closed = False
-        self._items = self._run(renderer)
+        self._state = _Calls(calls)
+        self._items = _items(self._state, renderer)
+        self._cancel = _finalizer(self, self._state)
 
     def _prime(self) -> None:
         """Read each call's first message now, so refusals (a bad parameter, an unknown
         model) raise from the call that opened the stream, as a non-streaming call does."""
         try:
-            self._firsts = [next(call, None) for call in self._calls]
+            self._state.firsts = [next(call, None) for call in self._state.calls]
         except grpc.RpcError as err:
             self.close()
             raise errors.from_rpc_error(err) from None
-
-    def _run(self, renderer: Renderer[T]) -> Iterator[T]:
-        try:
-            for index, call in enumerate(self._calls):
-                first = self._firsts[index] if index < len(self._firsts) else None
-                if first is not None and not self._closed:
-                    yield from renderer.feed(index, first)
-                for message in call:
-                    yield from renderer.feed(index, message)
-            yield from renderer.finish()
-        except grpc.RpcError as err:
-            if not self._closed:
-                raise errors.from_rpc_error(err) from None
-        finally:
-            self.close()
 
     def __iter__(self) -> Iterator[T]:
         return self
@@ -115,9 +178,7 @@ class Stream(Generic[T]):
         return next(self._items)
 
     def close(self) -> None:
-        self._closed = True
-        for call in self._calls:
-            call.cancel()
+        self._cancel()
 
     def __enter__(self) -> Stream[T]:
         return self
@@ -173,37 +234,46 @@ class SyncTransport:
 # ---- asyncio ---------------------------------------------------------------------------
 
 
+async def _aitems(state: _Calls, renderer: Renderer[T]) -> AsyncIterator[T]:
+    try:
+        for index, call in enumerate(state.calls):
+            message = state.firsts[index] if index < len(state.firsts) else await call.read()
+            while message is not grpc.aio.EOF and not state.closed:
+                for item in renderer.feed(index, message):
+                    yield item
+                if state.closed:  # closed while the caller held an item: read no more
+                    return
+                message = await call.read()
+        for item in renderer.finish():
+            yield item
+    except grpc.aio.AioRpcError as err:
+        if not state.closed:
+            raise errors.from_rpc_error(err) from None
+    except asyncio.CancelledError:
+        # close() from another task cancels the call under a pending read: that is the
+        # end of the stream. A cancellation of the reading task itself goes on up.
+        if not state.closed or asyncio.current_task().cancelling():  # type: ignore[union-attr]
+            raise
+    finally:
+        state.cancel()
+
+
 class AsyncStream(Generic[T]):
-    """The asyncio twin of Stream: `async for` it; `await close()` ends it early."""
+    """The asyncio twin of Stream: `async for` it; `await close()` (from any task of
+    the loop), leaving an `async with` block, or dropping it ends it early, and the
+    `async for` then ends quietly."""
 
     def __init__(self, calls: list[Any], renderer: Renderer[T]):
-        self._calls = calls
-        self._firsts: list[Any] = []
-        self._closed = False
-        self._items = self._run(renderer)
+        self._state = _Calls(calls)
+        self._items = _aitems(self._state, renderer)
+        self._cancel = _finalizer(self, self._state)
 
     async def _prime(self) -> None:
         try:
-            self._firsts = [await call.read() for call in self._calls]
+            self._state.firsts = [await call.read() for call in self._state.calls]
         except grpc.aio.AioRpcError as err:
             await self.close()
             raise errors.from_rpc_error(err) from None
-
-    async def _run(self, renderer: Renderer[T]) -> AsyncIterator[T]:
-        try:
-            for index, call in enumerate(self._calls):
-                message = self._firsts[index] if index < len(self._firsts) else await call.read()
-                while message is not grpc.aio.EOF and not self._closed:
-                    for item in renderer.feed(index, message):
-                        yield item
-                    message = await call.read()
-            for item in renderer.finish():
-                yield item
-        except grpc.aio.AioRpcError as err:
-            if not self._closed:
-                raise errors.from_rpc_error(err) from None
-        finally:
-            await self.close()
 
     def __aiter__(self) -> AsyncStream[T]:
         return self
@@ -212,9 +282,7 @@ class AsyncStream(Generic[T]):
         return await anext(self._items)
 
     async def close(self) -> None:
-        self._closed = True
-        for call in self._calls:
-            call.cancel()
+        self._cancel()
 
     async def __aenter__(self) -> AsyncStream[T]:
         return self

@@ -187,14 +187,19 @@ def _error_info(err: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
     for key, value in trailers or ():
         if key != "grpc-status-details-bin":
             continue
+        # A malformed detail must not hide the failure itself: skip it, and the error
+        # is classed by its gRPC status.
         try:
             status = status_pb2.Status.FromString(value)
-        except DecodeError:  # a malformed detail must not hide the failure itself
+        except DecodeError:
             return None
         for detail in status.details:
             if detail.type_url != _ERROR_INFO:
                 continue
-            info = error_details_pb2.ErrorInfo.FromString(detail.value)
+            try:
+                info = error_details_pb2.ErrorInfo.FromString(detail.value)
+            except DecodeError:
+                continue
             if info.domain == DOMAIN and info.reason:
                 return info
     return None

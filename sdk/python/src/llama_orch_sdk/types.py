@@ -2,9 +2,11 @@
 types (ChatCompletion, ChatCompletionChunk, Completion, Model, ...), as small frozen
 dataclasses, so code written against `openai` reads them unchanged.
 
-`to_dict()` and `to_json()` give the wire shape, as `openai` objects do. Fields that
-`openai` declares and llama-orch never fills (tool calls, audio, refusals) are absent;
-llama-orch's own additions are marked as extensions.
+`to_dict()` and `to_json()` give the wire shape, as `openai` objects do. Optional fields
+that `openai` declares and llama-orch never fills (tool calls, function calls, audio,
+annotations, refusals, service tier, token details) are there and always None, so code
+such as `if message.tool_calls:` runs unchanged; llama-orch's own additions are marked
+as extensions.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class CompletionUsage(_Object):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    completion_tokens_details: None = None
+    prompt_tokens_details: None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,10 @@ class ChatCompletionMessage(_Object):
     content: str | None
     role: Literal["assistant"] = "assistant"
     refusal: str | None = None
+    annotations: None = None
+    audio: None = None
+    function_call: None = None
+    tool_calls: None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,7 @@ class ChatCompletion(_Object):
     created: int
     model: str
     object: Literal["chat.completion"] = "chat.completion"
+    service_tier: None = None
     system_fingerprint: str | None = None
     usage: CompletionUsage | None = None
 
@@ -85,6 +94,9 @@ class ChoiceDelta(_Object):
     content: str | None = None
     role: Literal["assistant"] | None = None
     refusal: str | None = None
+    audio: None = None
+    function_call: None = None
+    tool_calls: None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +119,7 @@ class ChatCompletionChunk(_Object):
     created: int
     model: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    service_tier: None = None
     system_fingerprint: str | None = None
     usage: CompletionUsage | None = None
 

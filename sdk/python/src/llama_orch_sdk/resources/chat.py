@@ -24,7 +24,11 @@ def include_usage(stream: bool, stream_options: Mapping[str, Any] | None) -> boo
         return False
     if not stream:
         raise _spec.bad("stream_options is only allowed when stream is true", "stream_options")
-    return bool(stream_options.get("include_usage"))
+    if not isinstance(stream_options, Mapping):
+        raise _spec.bad(f"stream_options must be a dict, got {stream_options!r}",
+                        "stream_options")
+    return _spec.checked("stream_options.include_usage", stream_options.get("include_usage"),
+                         bool, optional=True) or False
 
 
 class ChatCompletions(Resource):
@@ -45,19 +49,20 @@ class ChatCompletions(Resource):
         deadline does. Refusals (an unknown model, a parameter out of range) raise
         from this call, streamed or not; a job that fails later raises from the stream.
         """
-        _spec.refuse_unsupported(unsupported)
+        _spec.refuse_unsupported(unsupported, _spec.CHAT_UNSUPPORTED)
         usage = include_usage(stream, stream_options)
+        logprobs = bool(_spec.checked("logprobs", logprobs, bool, optional=True))
         if top_logprobs and not logprobs:
             raise _spec.bad("logprobs must be true when top_logprobs is used", "top_logprobs")
         params = _spec.sampling(
             max_tokens=max_completion_tokens or max_tokens, temperature=temperature, top_p=top_p,
             top_k=top_k, seed=seed, stop=stop, n=n, presence_penalty=presence_penalty,
-            frequency_penalty=frequency_penalty, logprobs=bool(logprobs),
-            top_logprobs=top_logprobs)
+            frequency_penalty=frequency_penalty, logprobs=logprobs, top_logprobs=top_logprobs)
         spec = _spec.job_spec(model, params, priority=priority, detach=detach, user=user,
                               messages=_spec.chat(messages))
-        request = client_pb2.GenerateRequest(spec=spec, idempotency_key=idempotency_key or "")
-        choices, want_logprobs = n or 1, bool(logprobs)
+        key = _spec.checked("idempotency_key", idempotency_key, str, optional=True)
+        request = client_pb2.GenerateRequest(spec=spec, idempotency_key=key or "")
+        choices, want_logprobs = n or 1, logprobs
         if stream:
             return self._t.stream(
                 self._t.client.Generate, [request],

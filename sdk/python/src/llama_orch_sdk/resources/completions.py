@@ -44,10 +44,13 @@ class Completions(Resource):
                **unsupported: Any) -> Completion | Stream[Completion]:
         """Complete a prompt (or each of a list of prompts); with stream=True, a Stream
         of Completion chunks. Refusals raise from this call; see chat for `timeout`."""
-        _spec.refuse_unsupported(unsupported)
+        _spec.refuse_unsupported(unsupported, _spec.TEXT_UNSUPPORTED)
         usage = include_usage(stream, stream_options)
         texts = prompts(prompt)
-        if idempotency_key and len(texts) > 1:
+        # The legacy logprobs is a count (of most likely tokens per token), not a flag.
+        _spec.checked("logprobs", logprobs, int, optional=True)
+        key = _spec.checked("idempotency_key", idempotency_key, str, optional=True)
+        if key and len(texts) > 1:
             raise _spec.bad("idempotency_key needs a single prompt (one job)", "idempotency_key")
         params = _spec.sampling(
             max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
@@ -57,7 +60,7 @@ class Completions(Resource):
         requests = [client_pb2.GenerateRequest(
             spec=_spec.job_spec(model, params, priority=priority, detach=detach, user=user,
                                 prompt=text),
-            idempotency_key=idempotency_key or "") for text in texts]
+            idempotency_key=key or "") for text in texts]
         choices, want_logprobs = n or 1, logprobs is not None
         if stream:
             return self._t.stream(

@@ -45,7 +45,7 @@ class Jobs(Resource):
         spec = _spec.job_spec(model, _spec.sampling(**kw), prompt=prompt,
                               messages=_spec.chat(messages) if messages is not None else None,
                               **job)
-        return spec, idempotency_key or ""
+        return spec, _spec.checked("idempotency_key", idempotency_key, str, optional=True) or ""
 
     def submit(self, *, model: str, prompt: str | None = None,
                messages: Sequence[Any] | None = None, max_tokens: int | None = None,
@@ -109,29 +109,32 @@ class Jobs(Resource):
         raise on iteration."""
         if isinstance(from_seq, bool) or not isinstance(from_seq, int) or from_seq < 1:
             raise _spec.bad(f"from_seq must be an integer >= 1, got {from_seq!r}", "from_seq")
-        request = client_pb2.StreamJobRequest(job_id=job_id, after_seq=from_seq - 1)
+        request = client_pb2.StreamJobRequest(job_id=_spec.checked("job_id", job_id, str),
+                                              after_seq=from_seq - 1)
         return self._t.stream(self._t.client.StreamJob, [request], Each(_event),
                               timeout=timeout)
 
     def get(self, job_id: str, *, timeout: float | None = None) -> Job:
         """The job's record; NotFoundError if there is no such job."""
-        return self._t.unary(self._t.client.GetJob, client_pb2.GetJobRequest(job_id=job_id),
+        request = client_pb2.GetJobRequest(job_id=_spec.checked("job_id", job_id, str))
+        return self._t.unary(self._t.client.GetJob, request,
                              lambda r: Job._from_proto(r.job), timeout=timeout)
 
     def cancel(self, job_id: str, *, timeout: float | None = None) -> Job:
         """Ask for cancellation (idempotent) and return the job's record: a running job
         finishes as "cancelled" shortly after; a finished job keeps its outcome."""
-        return self._t.unary(self._t.client.CancelJob,
-                             client_pb2.CancelJobRequest(job_id=job_id),
+        request = client_pb2.CancelJobRequest(job_id=_spec.checked("job_id", job_id, str))
+        return self._t.unary(self._t.client.CancelJob, request,
                              lambda r: Job._from_proto(r.job), timeout=timeout)
 
     def list(self, *, status: str | Iterable[str] | None = None, page_size: int | None = None,
              page_token: str | None = None, timeout: float | None = None) -> JobPage:
         """One page of jobs the orchestrator holds, optionally with the given status(es)
         ("queued", "running", "succeeded", ...)."""
-        request = client_pb2.ListJobsRequest(statuses=_statuses(status),
-                                             page_size=page_size or 0,
-                                             page_token=page_token or "")
+        request = client_pb2.ListJobsRequest(
+            statuses=_statuses(status),
+            page_size=_spec.checked("page_size", page_size, int, optional=True) or 0,
+            page_token=_spec.checked("page_token", page_token, str, optional=True) or "")
         return self._t.unary(self._t.client.ListJobs, request,
                              lambda r: JobPage(data=[Job._from_proto(j) for j in r.jobs],
                                                next_page_token=r.next_page_token),

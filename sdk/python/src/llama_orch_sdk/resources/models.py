@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from llama_orch_sdk._gen.llama_orch.v1 import client_pb2, common_pb2
+from llama_orch_sdk.resources import _spec
 from llama_orch_sdk.resources._base import Resource
 from llama_orch_sdk.types import Model, ModelList
 
@@ -25,5 +26,6 @@ class Models(Resource):
 
     def retrieve(self, model_id: str, *, timeout: float | None = None) -> Model:
         """One model by alias or canonical ref; NotFoundError (MODEL_NOT_FOUND) if none."""
-        return self._t.unary(self._t.client.GetModel, client_pb2.GetModelRequest(model=model_id),
-                             lambda r: model(r.model), timeout=timeout)
+        request = client_pb2.GetModelRequest(model=_spec.checked("model", model_id, str))
+        return self._t.unary(self._t.client.GetModel, request, lambda r: model(r.model),
+                             timeout=timeout)
