@@ -127,11 +127,21 @@ async def test_context_length_ends_generation_without_eos(tmp_path):
     assert len(steps) == 2 and not any(s.eos for s in steps)
 
 
-async def test_logprobs_have_top_alternatives():
+async def test_logprobs_have_top_alternatives_led_by_the_chosen_token():
     sim = engine()
     cfg = SamplingConfig(seed=2, logprobs=True, top_logprobs=3)
-    step = await anext(aiter(sim.generate([2, 5], cfg)))
-    assert step.logprob < 0 and len(step.top) == 3
+    steps = [s async for s in sim.generate([2, 5], cfg) if not s.eos]
+    assert all(s.logprob < 0 and len(s.top) == 3 for s in steps)
+    assert all(s.top[0][0] == s.token_id and len({i for i, _ in s.top}) == 3 for s in steps)
+
+
+async def test_asking_for_logprobs_does_not_change_the_tokens():
+    # The alternatives were drawn from the generator that picks the tokens.
+    sim = engine()
+    plain = [s.token_id async for s in sim.generate([2, 5], SamplingConfig(seed=4))]
+    with_logprobs = [s.token_id async for s in sim.generate(
+        [2, 5], SamplingConfig(seed=4, logprobs=True, top_logprobs=5))]
+    assert plain == with_logprobs
 
 
 async def test_error_rate_one_ends_the_job_with_engine_error():

@@ -43,6 +43,9 @@ VERSION = "sim 1 (simulated)"
 CRASH_STATUS = 13
 MAX_NATURAL_TOKENS = 256
 _TIMING_SALT = 0x5EED_7141
+# Logprobs' alternatives come from their own generator: asking for logprobs must not
+# change which tokens a seed produces.
+_ALTERNATIVES_SALT = 0xA17E_5EED
 
 # key -> (type, default, upper bound or None); every value must be >= 0.
 SETTINGS: dict[str, tuple[type, float, float | None]] = {
@@ -192,6 +195,7 @@ class SimEngine(Engine):
     async def generate(self, prompt_ids: list[int], sampling) -> AsyncIterator[Step]:
         s = self.settings
         tokens, timing = random.Random(sampling.seed), random.Random(sampling.seed ^ _TIMING_SALT)
+        alternatives = random.Random(sampling.seed ^ _ALTERNATIVES_SALT)
         length = tokens.randint(1, MAX_NATURAL_TOKENS)
         fail_at = timing.randrange(length) if timing.random() < s["error_rate"] else None
         async with self._slot_free:
@@ -211,7 +215,7 @@ class SimEngine(Engine):
                     await self._inject_faults()
                     token = tokens.choice(self._choices)
                     made, used, self._emitted = made + 1, used + 1, self._emitted + 1
-                    yield self._step(token, sampling, tokens)
+                    yield self._step(token, sampling, alternatives)
                     slowdown = 1 + s["load_slowdown"] * (self._active - 1)
                     delay = _spread(timing, s["itl_ms"], s["itl_spread_ms"]) * slowdown
             finally:
@@ -231,8 +235,11 @@ class SimEngine(Engine):
         if not sampling.logprobs:
             return Step(token)
         logprob = -math.log(len(self._choices))  # a uniform model
-        others = rng.sample(self._choices, min(sampling.top_logprobs, len(self._choices)))
-        return Step(token, logprob=logprob, top=tuple((i, logprob) for i in others))
+        # Equally likely, all of them: the chosen token first, then others at random.
+        want = min(sampling.top_logprobs, len(self._choices))
+        others = [i for i in rng.sample(self._choices, want) if i != token][:max(0, want - 1)]
+        top = ([token] + others)[:want]
+        return Step(token, logprob=logprob, top=tuple((i, logprob) for i in top))
 
 
 def _exit_process(status: int) -> None:
