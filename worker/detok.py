@@ -65,8 +65,16 @@ class TextStream:
         self.stopped = False
 
     def _anchor(self, context: list[int]) -> None:
-        self._prefix = context[-PREFIX_TOKENS:]
+        # The last PREFIX_TOKENS ids, or more while those decode to nothing (special
+        # tokens the decoder skips): an empty context would drop the next word's
+        # leading space, as at the start of a text.
+        take = PREFIX_TOKENS
+        self._prefix = context[-take:]
         self._prefix_text = self._decode(self._prefix) if self._prefix else ""
+        while not self._prefix_text and take < len(context):
+            take *= 2
+            self._prefix = context[-take:]
+            self._prefix_text = self._decode(self._prefix)
         self._ids: list[int] = []  # ids after the anchor
         self._emitted = 0  # offset into the text of those ids
 

@@ -117,3 +117,15 @@ def test_long_streams_match_decoding_everything_at_once(decode, ids, prefix, exp
     # The anchor moves as text is released; the result must not depend on it.
     deltas, _ = run(decode, ids, prefix=prefix)
     assert "".join(deltas) == expected
+
+
+def test_a_run_of_skipped_special_tokens_keeps_the_next_words_space():
+    # The decode context was the last PREFIX_TOKENS ids: after that many special tokens
+    # (which the decoder skips) it decoded to "", and " the" came out as "the".
+    special = len(WORDS)
+
+    def skipping_decode(ids):
+        return word_decode([i for i in ids if i != special])
+    ids = [3, special, special, special, special, special, 5]
+    deltas, _ = run(skipping_decode, ids, prefix=[0, 1, 2])
+    assert "".join(deltas) == " time the"
