@@ -13,6 +13,7 @@ budget never evicts files under a running worker.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -39,13 +40,17 @@ class Models:
         """The model on local disk (downloaded if needed), progress reported."""
         parse(ref)  # INVALID_MODEL_REF before anything else
         last = [0.0]
+        loop = asyncio.get_running_loop()
 
         def progress(done: int, total: int) -> None:
+            # Called on the cache's thread: the report (the link's asyncio queue) is
+            # handed to the event loop, whose objects are not thread-safe.
             now = time.monotonic()
             if now - last[0] >= PROGRESS_EVERY_S or done >= total:
                 last[0] = now
-                self.report(P.ModelProgress(model_ref=ref, phase=P.MODEL_PHASE_DOWNLOADING,
-                                            bytes_done=done, bytes_total=total))
+                loop.call_soon_threadsafe(self.report, P.ModelProgress(
+                    model_ref=ref, phase=P.MODEL_PHASE_DOWNLOADING, bytes_done=done,
+                    bytes_total=total))
         try:
             cached = await self.cache.ensure(ref, progress)
         except OrchError as err:

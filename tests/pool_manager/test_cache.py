@@ -7,6 +7,7 @@ gets HF_ENDPOINT pointing at the fake Hub.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -333,3 +334,19 @@ async def test_cache_work_waiting_for_its_turn_holds_no_thread_heartbeats_need(t
     finally:
         downloading.set()
         await asyncio.gather(*fetches)
+
+
+async def test_download_progress_reaches_the_link_on_the_event_loop(cache):
+    # The cache reports progress from its own thread; the report goes into the link's
+    # asyncio queue, which only the event loop's thread may touch.
+    import threading
+
+    from pool_manager.models import Models
+    from pool_manager.preload import Preloader
+    reported: list[tuple[int, int]] = []
+    models = Models(cache, Preloader(0), lambda msg: reported.append(
+        (msg.phase, threading.get_ident())))
+    await models.fetch("hf:acme/tiny@main")
+    await asyncio.sleep(0)  # reports handed over from the thread run on the loop
+    loop_thread = threading.get_ident()
+    assert reported and {thread for _, thread in reported} == {loop_thread}
