@@ -421,10 +421,14 @@ class Orchestrator:
         job.finished_at = time.time()
         job.error = error
         metrics.FINISHED.labels(component="orchestrator", status=state.value).inc()
-        if job.refused:  # withdrawn while it ran: no record, no fact (_withdraw told)
-            asyncio.ensure_future(self._close(job))
-            return
-        usage.job_finished(self, job)  # its usage record, written behind (never blocks)
+        if not job.refused:  # withdrawn while it ran: no record, no fact (_withdraw told)
+            self._announce_outcome(job)
+        asyncio.ensure_future(self._close(job))
+
+    def _announce_outcome(self, job: JobRecord) -> None:
+        """A finished job's usage record (written behind, never blocks) and its fact."""
+        usage.job_finished(self, job)
+        state, error = job.state, job.error
         kind = {JobState.SUCCEEDED: F.FACT_KIND_JOB_FINISHED, JobState.FAILED: F.FACT_KIND_JOB_FAILED,
                 JobState.CANCELLED: F.FACT_KIND_JOB_CANCELLED}[state]
         self.facts.publish(kind, error.message if error else f"finished: {job.finish_reason}",
@@ -433,7 +437,6 @@ class Orchestrator:
                            model_ref=job.model_ref, correlation_id=job.correlation_id,
                            error_code=error.code if error else None,
                            completion_tokens=job.usage.completion_tokens)
-        asyncio.ensure_future(self._close(job))
 
     async def _close(self, job: JobRecord) -> None:
         """Record the outcome, then show it. A failed write is retried with backoff

@@ -35,7 +35,7 @@ class Durability:
     def __init__(self, store: Store | None):
         self.store = store
         self._pending: dict[JobRecord, int] = {}
-        # Jobs whose insert is in flight -> its outcome (True: committed).
+        # Jobs whose insert is in flight -> done once it is (then job.refused says how).
         self._inserting: dict[JobRecord, asyncio.Future] = {}
         self._kick = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -82,14 +82,14 @@ class Durability:
         writes a row for a job the store refused."""
         if self.store is not None:
             reserved = job.seq_reserved
-            outcome = self._inserting[job] = asyncio.get_running_loop().create_future()
+            settled = self._inserting[job] = asyncio.get_running_loop().create_future()
             try:
                 await self.store.insert_job(row_of(job))
             except Exception:
                 job.refused = True
                 raise
             finally:
-                outcome.set_result(not job.refused)
+                settled.set_result(None)
                 self._inserting.pop(job, None)
             job.reservation_committed(reserved)
             job.reserving = False
