@@ -45,6 +45,13 @@ ref = "file:/models/big"
     pytest.param('[models.x]\nengine = "hf"', "models.x.ref", id="model-without-ref"),
     pytest.param('mode = ', "config", id="not-toml"),
     pytest.param('pool = 3', "pool", id="table-expected"),
+    pytest.param('[orchestrator]\ndefault_max_tokens = -1', "orchestrator.default_max_tokens",
+                 id="negative-default-max-tokens"),
+    pytest.param('[orchestrator]\ndefault_max_tokens = "all"', "orchestrator.default_max_tokens",
+                 id="default-max-tokens-not-a-number"),
+    pytest.param('[gateway]\ncors_origins = "*"', "gateway.cors_origins", id="cors-not-a-list"),
+    pytest.param('[gateway]\ncors_origins = ["http://a.example/"]', "gateway.cors_origins",
+                 id="cors-origin-with-a-path"),
 ])
 def test_bad_config_names_the_setting(tmp_path, text, param):
     with pytest.raises(ConfigError) as err:
